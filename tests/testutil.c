@@ -1,0 +1,72 @@
+/*
+ * testutil.c — see testutil.h.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <time.h>
+
+int g_failures = 0;
+
+static uint64_t g_state;
+static int      g_seeded;
+
+// splitmix64: small, good enough for test data.
+static uint64_t next_u64(void) {
+    if (!g_seeded) {
+        const char * s = getenv("SD3Q_TEST_SEED");
+        g_state  = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+        g_seeded = 1;
+        fprintf(stderr, "test seed: SD3Q_TEST_SEED=%llu\n", (unsigned long long)g_state);
+    }
+    uint64_t z = (g_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint32_t rand_below(uint32_t n) { return (uint32_t)(next_u64() % n); }
+
+void fill_randn(float * x, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) {
+        double u1 = ((next_u64() >> 11) + 1.0) / 9007199254740993.0;
+        double u2 = (next_u64() >> 11) / 9007199254740992.0;
+        x[i] = (float)(scale * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+}
+
+double rel_l2(const float * a, const float * b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+double check_tensor(const char * name, const float * got, const float * ref, int64_t n, double tol) {
+    double maxd = 0;
+    int finite = 1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) finite = 0;
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (d > maxd) maxd = d;
+    }
+    double rel = rel_l2(got, ref, n);
+    int ok = finite && rel <= tol;
+    printf("%-40s n=%-9lld maxabs=%.3e rel=%.3e tol=%.0e %s\n", name, (long long)n, maxd, rel, tol, ok ? "OK" : "NOT OK");
+    for (int64_t i = 0; i < n && i < 4 && !ok; i++) printf("    [%lld] got %+.6f ref %+.6f\n", (long long)i, got[i], ref[i]);
+    if (!ok) g_failures++;
+    return rel;
+}
+
+int test_finish(const char * name) {
+    if (g_failures) {
+        fprintf(stderr, "%s: %d check(s) failed\n", name, g_failures);
+        return 1;
+    }
+    printf("%s: all checks passed\n", name);
+    return 0;
+}
