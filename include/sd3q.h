@@ -147,6 +147,7 @@ struct sd3q_session_params {
     int32_t          max_latent_h;  // latent rows (image height / 8)
     int32_t          max_latent_w;  // latent columns
     int32_t          max_context;   // text tokens entering the MMDiT (77 + T5 length)
+    int32_t          profile;       // 1: time every backend op (see sd3q_session_profile)
 };
 
 // Returns defaults: AUTO device, all threads, batch 2, 128×128 latent, 333 context tokens.
@@ -164,6 +165,10 @@ SD3Q_API const char * sd3q_session_last_error(const struct sd3q_session * s);
 
 // Returns the activation arena size in bytes that the session allocated.
 SD3Q_API size_t sd3q_session_arena_bytes(const struct sd3q_session * s);
+
+// Writes the per-op timing table (when the session was created with profile = 1) into buf, snprintf-style; returns
+// the length the full text needs. Counters are reset when reset != 0.
+SD3Q_API size_t sd3q_session_profile(struct sd3q_session * s, int reset, char * buf, size_t size);
 
 // Progress callback: called after each unit of work (a denoising step); return non-zero to abort.
 typedef int (*sd3q_progress_fn)(void * user_data, int done, int total);

@@ -89,6 +89,9 @@ struct backend_ops {
 
     // Un-patchify: tok [B, gh·gw, p·p·C] with (i, j, c) order, c fastest → y [B, C, gh·p, gw·p].
     void (*unpatchify)(struct backend * bk, void * y, const void * tok, int64_t B, int64_t C, int64_t gh, int64_t gw, int64_t p);
+
+    // Waits until queued work is done (NULL for synchronous backends).
+    void (*sync)(struct backend * bk);
 };
 
 struct backend {

@@ -96,10 +96,18 @@ static enum sd3q_status parse_header(struct st_file * f, const char * label, str
     f->data_start = 8 + (size_t)hlen;
     uint64_t data_size = f->size - f->data_start;
 
-    cJSON * root = cJSON_ParseWithLength((const char *)f->map + 8, (size_t)hlen);
+    const char * hdr = (const char *)f->map + 8, * hend = NULL;
+    cJSON * root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &hend, 0);
     if (!root) return err_set(e, SD3Q_ERR_FORMAT, "%s: header is not valid JSON", label);
     enum sd3q_status st = SD3Q_OK;
     struct st_tensor ** order = NULL;
+    // only whitespace may follow the JSON value (writers pad with spaces); cJSON stops at the end of the value
+    for (const char * p = hend ? hend : hdr + hlen; p < hdr + hlen; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            st = err_set(e, SD3Q_ERR_FORMAT, "%s: header is not valid JSON (unexpected bytes after the JSON object at header byte %lld)",
+                         label, (long long)(p - hdr));
+            goto cleanup;
+        }
     if (!cJSON_IsObject(root)) {
         st = err_set(e, SD3Q_ERR_FORMAT, "%s: header is not a JSON object", label);
         goto cleanup;

@@ -148,9 +148,11 @@ static enum sd3q_status apply_config_json(const char * path, struct mmdit_config
         int n = 0;
         const cJSON * it;
         cJSON_ArrayForEach(it, dl) {
-            int64_t v = cJSON_IsNumber(it) ? (int64_t)it->valuedouble : -1;
+            // a whole number in [0, depth) before the cast (0.5 must not truncate to block 0; 1e300 must not overflow)
+            double dv = cJSON_IsNumber(it) ? it->valuedouble : -1.0;
+            int64_t v = (dv >= 0.0 && dv < (double)cfg->depth && dv == floor(dv)) ? (int64_t)dv : -1;
             if (v < 0 || v >= cfg->depth || !cfg->dual[v]) {
-                st = err_set(e, SD3Q_ERR_FORMAT, "%s: dual_attention_layers lists %lld, but that block has no attn2 weights", path, (long long)v);
+                st = err_set(e, SD3Q_ERR_FORMAT, "%s: dual_attention_layers lists %g, but that block has no attn2 weights", path, dv);
                 goto done;
             }
             n++;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/profile.h"
 #include "model/scheduler.h"
 
 struct sd3q_session_params sd3q_session_default_params(void) {
@@ -31,6 +32,7 @@ struct dims {
 
 static void track_dims(void * ud, const struct wt * w) {
     struct dims * d = ud;
+    if (w->ndim < 2 || w->shape[0] == 1) return;  // vectors and the position table are never a Linear's weight
     if (w->row_elems > d->max_k) d->max_k = w->row_elems;
     if (w->shape[0] > d->max_n) d->max_n = w->shape[0];
 }
@@ -92,6 +94,14 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
     }
     struct backend_plan plan = {params->n_threads, d.max_k, d.max_n, max_tokens, s->force_ref};
     if ((st = backend_cpu_create(&plan, &s->bk, &e)) != SD3Q_OK) goto done;
+    if (params->profile) {
+        struct backend * w = backend_profile_wrap(s->bk);
+        if (!w) {
+            st = err_set(&e, SD3Q_ERR_OOM, "out of memory");
+            goto done;
+        }
+        s->bk = w;
+    }
     s->bk->err = &s->err;
 
     // planning pass: the same allocations as a real call, on a measuring arena
@@ -142,6 +152,21 @@ void sd3q_session_free(struct sd3q_session * s) {
 const char * sd3q_session_last_error(const struct sd3q_session * s) { return s ? s->err.msg : ""; }
 
 size_t sd3q_session_arena_bytes(const struct sd3q_session * s) { return s ? s->ar.size : 0; }
+
+size_t sd3q_session_profile(struct sd3q_session * s, int reset, char * buf, size_t size) {
+    if (buf && size) buf[0] = '\0';
+    if (!s) return 0;
+    char * text = NULL;
+    size_t len = 0;
+    FILE * f = open_memstream(&text, &len);
+    if (!f) return 0;
+    backend_profile_report(s->bk, f);
+    fclose(f);
+    if (buf && size) snprintf(buf, size, "%s", text ? text : "");
+    free(text);
+    if (reset) backend_profile_reset(s->bk);
+    return len;
+}
 
 void sd3q_session_set_progress(struct sd3q_session * s, sd3q_progress_fn fn, void * user_data) {
     if (!s) return;

@@ -22,8 +22,9 @@
 #include "backend/cpu/ops-ref.h"
 #include "core/threads.h"
 
-#define LIN_CHUNK  128  // rows of W per task (a multiple of 16 keeps sgemm's micro-tiles full)
-#define ATTN_QB    64   // queries per attention task
+#define LIN_CHUNK  512  // most rows of W per task: the scratch holds LIN_CHUNK·K floats
+#define LIN_MIN    64   // fewest rows per task (a multiple of 16 keeps sgemm's micro-tiles full)
+#define ATTN_QB    128  // queries per attention task (a 128 × L score block stays in L2 at 512²)
 
 void openblas_set_num_threads(int num_threads);
 
@@ -70,13 +71,14 @@ struct lin_task {
     const float *        x;
     int64_t              M, N, K;
     const struct wt *    w;
-    const float *        bias;  // converted bias [N] (in scratch of thread 0 before the run), or NULL
+    const float *        bias;  // converted bias [N], or NULL
+    int64_t              chunk; // rows of W per task
 };
 
 // One chunk of output features: convert W rows [n0, n1) to f32 unless usable in place, then y[:, n0:n1] = x·Wᵀ.
 static void lin_task_run(void * ctx, int64_t task, int ith) {
     struct lin_task * t = ctx;
-    int64_t n0 = task * LIN_CHUNK, nn = t->N - n0 < LIN_CHUNK ? t->N - n0 : LIN_CHUNK;
+    int64_t n0 = task * t->chunk, nn = t->N - n0 < t->chunk ? t->N - n0 : t->chunk;
     const float * W = wt_f32_rows(t->w, n0);
     if (!W) {
         float * s = t->c->scratch[ith];
@@ -120,8 +122,14 @@ static void cpu_linear(struct backend * bk, void * y, const void * x, int64_t M,
             bias = c->bias;
         }
     }
-    struct lin_task t = {c, y, x, M, N, K, w, bias};
-    pool_run(c->pool, lin_task_run, &t, (N + LIN_CHUNK - 1) / LIN_CHUNK);
+    // Large chunks amortise sgemm's packing of x (re-packed once per call); at least two tasks per thread keep the
+    // threads balanced.
+    int64_t nt = pool_size(c->pool), chunk = (N + 2 * nt - 1) / (2 * nt);
+    chunk = (chunk + 15) / 16 * 16;
+    if (chunk > LIN_CHUNK) chunk = LIN_CHUNK;
+    if (chunk < LIN_MIN) chunk = LIN_MIN;
+    struct lin_task t = {c, y, x, M, N, K, w, bias, chunk};
+    pool_run(c->pool, lin_task_run, &t, (N + chunk - 1) / chunk);
 }
 
 // ---- row-wise ops -------------------------------------------------------------------------------------------------

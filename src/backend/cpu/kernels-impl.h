@@ -12,28 +12,33 @@
 
 #include "core/dtype.h"
 
-// e^x for x in [-87.3, 88.3] (clamped), branch-free.
+// e^x for x in [-87.3, 88.3] (clamped), branch-free so that loops calling it vectorise.
 static inline float KFN(expf)(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-    float n = (float)(int32_t)(x * 1.44269504088896341f + (x >= 0 ? 0.5f : -0.5f));
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    // n = round(x / ln 2) by the 1.5·2^23 trick (no branch, no lrint call)
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float z = r * r;
     float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
                1.6666665459e-1f) * r + 5.0000001201e-1f;
     p = p * z + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &bits, 4);
-    return p * s;
+    union {
+        int32_t i;
+        float   f;
+    } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
 }
 
 static void KFN(to_f32)(enum dtype t, const void * src, float * dst, int64_t n) {
     const uint8_t * p = (const uint8_t *)src;
     if (t == DT_F16) {
-        for (int64_t i = 0; i < n; i++) {
+        int64_t i = KFN(f16_block)(p, dst, n);  // the ISA's wide conversion; returns how many it did
+        for (; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            dst[i] = KFN(f16)(h);
+            dst[i] = f16_to_f32(h);
         }
     } else if (t == DT_BF16) {
         for (int64_t i = 0; i < n; i++) {
@@ -48,6 +53,7 @@ static void KFN(to_f32)(enum dtype t, const void * src, float * dst, int64_t n) 
 }
 
 static void KFN(gelu_tanh)(float * x, int64_t n) {
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) {
         float u = x[i];
         float a = 0.7978845608028654f * (u + 0.044715f * u * u * u);
@@ -58,6 +64,7 @@ static void KFN(gelu_tanh)(float * x, int64_t n) {
 }
 
 static void KFN(silu)(float * y, const float * x, int64_t n) {
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) {
         float u = x[i];
         y[i] = u / (1.0f + KFN(expf)(-u));
@@ -66,8 +73,10 @@ static void KFN(silu)(float * y, const float * x, int64_t n) {
 
 static float KFN(exp_shifted)(float * x, int64_t n) {
     float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
     for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < n; i++) {
         x[i] = KFN(expf)(x[i] - mx);
         s += x[i];
