@@ -28,6 +28,21 @@ struct attn_seg {
     int64_t      n;
 };
 
+// Elementwise activations (spec §11 pitfall 9: four different GELUs across SD3's networks).
+enum act_kind {
+    ACT_GELU_TANH  = 0,  // 0.5·u·(1 + tanh(√(2/π)(u + 0.044715u³)))   MMDiT MLP, T5 gate
+    ACT_GELU_ERF   = 1,  // 0.5·u·(1 + erf(u/√2))                        CLIP-G
+    ACT_QUICK_GELU = 2,  // u·σ(1.702u)                                   CLIP-L
+    ACT_SILU       = 3,  // u·σ(u)                                        adaLN inputs, VAE
+    ACT_COUNT
+};
+
+// Options of an attention call (NULL: none of them).
+struct attn_opts {
+    int          causal;  // key j is visible to query i only when j ≤ i (CLIP); single segment only
+    const void * bias;    // [NH, Lq, Lk] added to the scaled logits (T5 relative position bias), or NULL
+};
+
 struct backend_ops {
     const char * name;
 
@@ -65,7 +80,7 @@ struct backend_ops {
     // Multi-head softmax attention over the concatenation of nseg segments (1 or 2) per batch element; each query
     // token attends to every key token of all segments; scale multiplies the logits.
     void (*attention)(struct backend * bk, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD,
-                      float scale);
+                      float scale, const struct attn_opts * opt);
 
     // x[i] ← GELU_tanh(x[i]) for n elements.
     void (*gelu_tanh)(struct backend * bk, void * x, int64_t n);
@@ -89,6 +104,34 @@ struct backend_ops {
 
     // Un-patchify: tok [B, gh·gw, p·p·C] with (i, j, c) order, c fastest → y [B, C, gh·p, gw·p].
     void (*unpatchify)(struct backend * bk, void * y, const void * tok, int64_t B, int64_t C, int64_t gh, int64_t gw, int64_t p);
+
+    // y[i] = act(x[i]) for n elements (y may equal x).
+    void (*act)(struct backend * bk, void * y, const void * x, int64_t n, enum act_kind k);
+
+    // Gated activation: y[r, j] = act(x[r, j]) · x[r, F + j] for x [rows, 2F] → y [rows, F] (T5's gated GELU).
+    void (*gated_act)(struct backend * bk, void * y, const void * x, int64_t rows, int64_t F, enum act_kind k);
+
+    // LayerNorm over rows of D with optional affine weight/bias (NULL or absent: none).
+    void (*layernorm)(struct backend * bk, void * y, const void * x, int64_t rows, int64_t D, const struct wt * w,
+                      const struct wt * b, float eps);
+
+    // RMSNorm over rows of D: y = x / sqrt(mean(x²) + eps) · w (T5; no mean, no bias).
+    void (*rmsnorm)(struct backend * bk, void * y, const void * x, int64_t rows, int64_t D, const struct wt * w, float eps);
+
+    // 2-D convolution: x [B, Cin, H, W], w [Cout, Cin, kh, kw], b [Cout] (may be NULL) → y [B, Cout, Ho, Wo] with the
+    // given stride and zero padding on each side (top, left, bottom, right).
+    void (*conv2d)(struct backend * bk, void * y, const void * x, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                   const struct wt * w, const struct wt * b, int stride, int pad_t, int pad_l, int pad_b, int pad_r);
+
+    // GroupNorm over x [B, C, HW] with `groups` groups and affine w/b [C]; silu = 1 applies SiLU after it.
+    void (*group_norm)(struct backend * bk, void * y, const void * x, int64_t B, int64_t C, int64_t HW, int64_t groups,
+                       const struct wt * w, const struct wt * b, float eps, int silu);
+
+    // Nearest-neighbour ×2 upsampling: x [B, C, H, W] → y [B, C, 2H, 2W].
+    void (*upsample2x)(struct backend * bk, void * y, const void * x, int64_t B, int64_t C, int64_t H, int64_t W);
+
+    // Batched transpose: y[b, c, r] = x[b, r, c] for x [B, R, C].
+    void (*transpose)(struct backend * bk, void * y, const void * x, int64_t B, int64_t R, int64_t C);
 
     // Waits until queued work is done (NULL for synchronous backends).
     void (*sync)(struct backend * bk);

@@ -8,9 +8,10 @@
 #include <stdlib.h>
 #include <time.h>
 
-enum { P_LINEAR, P_LN, P_RMS, P_ATTN, P_GELU, P_SILU, P_GATE, P_ADD, P_LAYOUT, P_COUNT };
+enum { P_LINEAR, P_LN, P_RMS, P_ATTN, P_GELU, P_SILU, P_GATE, P_ADD, P_LAYOUT, P_ACT, P_NORM, P_CONV, P_GN, P_COUNT };
 static const char * const p_names[P_COUNT] = {"linear", "ln_modulate", "rmsnorm_heads", "attention", "gelu_tanh",
-                                              "silu", "gate_residual", "add", "patch/pos/unpatch"};
+                                              "silu", "gate_residual", "add", "layout", "act", "layer/rms norm",
+                                              "conv2d", "group_norm"};
 
 struct prof_backend {
     struct backend   base;
@@ -61,9 +62,10 @@ static void w_rms(struct backend * b, void * q, int64_t rows, int64_t D, int64_t
     p->in->ops->rmsnorm_heads(p->in, q, rows, D, off, HD, w, eps);
     WRAP_END(P_RMS, 0)
 }
-static void w_attn(struct backend * b, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale) {
+static void w_attn(struct backend * b, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale,
+                   const struct attn_opts * opt) {
     WRAP_BEGIN(b)
-    p->in->ops->attention(p->in, seg, nseg, B, NH, HD, scale);
+    p->in->ops->attention(p->in, seg, nseg, B, NH, HD, scale, opt);
     double L = 0, Q = 0;
     for (int s = 0; s < nseg; s++) {
         L += (double)seg[s].n;
@@ -106,6 +108,51 @@ static void w_unpatchify(struct backend * b, void * y, const void * t, int64_t B
     p->in->ops->unpatchify(p->in, y, t, B, C, gh, gw, pp);
     WRAP_END(P_LAYOUT, 0)
 }
+static void w_act(struct backend * b, void * y, const void * x, int64_t n, enum act_kind k) {
+    WRAP_BEGIN(b)
+    p->in->ops->act(p->in, y, x, n, k);
+    WRAP_END(P_ACT, 0)
+}
+static void w_gated(struct backend * b, void * y, const void * x, int64_t rows, int64_t F, enum act_kind k) {
+    WRAP_BEGIN(b)
+    p->in->ops->gated_act(p->in, y, x, rows, F, k);
+    WRAP_END(P_ACT, 0)
+}
+static void w_layernorm(struct backend * b, void * y, const void * x, int64_t rows, int64_t D, const struct wt * w,
+                        const struct wt * bb, float eps) {
+    WRAP_BEGIN(b)
+    p->in->ops->layernorm(p->in, y, x, rows, D, w, bb, eps);
+    WRAP_END(P_NORM, 0)
+}
+static void w_rmsnorm(struct backend * b, void * y, const void * x, int64_t rows, int64_t D, const struct wt * w, float eps) {
+    WRAP_BEGIN(b)
+    p->in->ops->rmsnorm(p->in, y, x, rows, D, w, eps);
+    WRAP_END(P_NORM, 0)
+}
+static void w_conv(struct backend * b, void * y, const void * x, int64_t B, int64_t Cin, int64_t H, int64_t W, const struct wt * w,
+                   const struct wt * bb, int st, int pt, int pl, int pbm, int pr) {
+    WRAP_BEGIN(b)
+    p->in->ops->conv2d(p->in, y, x, B, Cin, H, W, w, bb, st, pt, pl, pbm, pr);
+    int64_t kh = w->ndim == 4 ? w->shape[2] : 1, kw = w->ndim == 4 ? w->shape[3] : 1;
+    double ho = (double)((H + pt + pbm - kh) / st + 1), wo = (double)((W + pl + pr - kw) / st + 1);
+    WRAP_END(P_CONV, 2.0 * (double)B * (double)w->shape[0] * (double)w->row_elems * ho * wo)
+}
+static void w_gn(struct backend * b, void * y, const void * x, int64_t B, int64_t C, int64_t HW, int64_t G, const struct wt * w,
+                 const struct wt * bb, float eps, int silu) {
+    WRAP_BEGIN(b)
+    p->in->ops->group_norm(p->in, y, x, B, C, HW, G, w, bb, eps, silu);
+    WRAP_END(P_GN, 0)
+}
+static void w_up(struct backend * b, void * y, const void * x, int64_t B, int64_t C, int64_t H, int64_t W) {
+    WRAP_BEGIN(b)
+    p->in->ops->upsample2x(p->in, y, x, B, C, H, W);
+    WRAP_END(P_LAYOUT, 0)
+}
+static void w_tr(struct backend * b, void * y, const void * x, int64_t B, int64_t R, int64_t C) {
+    WRAP_BEGIN(b)
+    p->in->ops->transpose(p->in, y, x, B, R, C);
+    WRAP_END(P_LAYOUT, 0)
+}
 static void w_sync(struct backend * b) {
     if (pb(b)->in->ops->sync) pb(b)->in->ops->sync(pb(b)->in);
 }
@@ -114,7 +161,9 @@ static const struct backend_ops prof_ops = {
     .name = "profile", .free = w_free, .act_size = w_act_size, .arena_alloc = w_arena_alloc, .arena_free = w_arena_free,
     .upload = w_upload, .download = w_download, .linear = w_linear, .ln_modulate = w_ln, .rmsnorm_heads = w_rms,
     .attention = w_attn, .gelu_tanh = w_gelu, .silu = w_silu, .gate_residual = w_gate, .add = w_add,
-    .patchify = w_patchify, .add_pos_embed = w_pos, .unpatchify = w_unpatchify, .sync = w_sync,
+    .patchify = w_patchify, .add_pos_embed = w_pos, .unpatchify = w_unpatchify, .act = w_act, .gated_act = w_gated,
+    .layernorm = w_layernorm, .rmsnorm = w_rmsnorm, .conv2d = w_conv, .group_norm = w_gn, .upsample2x = w_up,
+    .transpose = w_tr, .sync = w_sync,
 };
 
 struct backend * backend_profile_wrap(struct backend * inner) {

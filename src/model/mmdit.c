@@ -428,14 +428,14 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
 
     // conditioning vector and every modulation vector of this step
     o->linear(bk, hb, io->tfreq, B, &m->t1_w, &m->t1_b);
-    o->silu(bk, hb, hb, B * D);
+    o->act(bk, hb, hb, B * D, ACT_SILU);
     o->linear(bk, cvec, hb, B, &m->t2_w, &m->t2_b);
     o->linear(bk, hb, io->pooled, B, &m->y1_w, &m->y1_b);
-    o->silu(bk, hb, hb, B * D);
+    o->act(bk, hb, hb, B * D, ACT_SILU);
     o->linear(bk, sc, hb, B, &m->y2_w, &m->y2_b);
     o->add(bk, cvec, sc, B * D);
     observe(hook, "c", cvec, B, 1, D);
-    o->silu(bk, sc, cvec, B * D);
+    o->act(bk, sc, cvec, B * D, ACT_SILU);
     for (int i = 0; i < c->depth; i++) {
         o->linear(bk, mods[2 * i], sc, B, &m->blocks[i].img.mod_w, &m->blocks[i].img.mod_b);
         o->linear(bk, mods[2 * i + 1], sc, B, &m->blocks[i].txt.mod_w, &m->blocks[i].txt.mod_b);
@@ -481,10 +481,10 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
         }
         // joint attention over [image, text]; the last block's text output is never used
         struct attn_seg seg[2] = {{qimg, aimg, N}, {qtxt, pre ? NULL : atxt, L}};
-        o->attention(bk, seg, 2, B, NH, HD, 1.0f / sqrtf((float)HD));
+        o->attention(bk, seg, 2, B, NH, HD, 1.0f / sqrtf((float)HD), NULL);
         if (dual) {
             struct attn_seg s2 = {q2, a2, N};
-            o->attention(bk, &s2, 1, B, NH, HD, 1.0f / sqrtf((float)HD));
+            o->attention(bk, &s2, 1, B, NH, HD, 1.0f / sqrtf((float)HD), NULL);
         }
         // post-attention: projection, gated residual, modulated MLP, gated residual — per stream
         for (int s = 0; s < 2; s++) {
@@ -507,7 +507,7 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc1", i, sn);
             observe(hook, nm, h, B, Tn, D);
             o->linear(bk, mlp, h, B * Tn, &st->fc1_w, &st->fc1_b);
-            o->gelu_tanh(bk, mlp, B * Tn * F);
+            o->act(bk, mlp, mlp, B * Tn * F, ACT_GELU_TANH);
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc2", i, sn);
             observe(hook, nm, mlp, B, Tn, F);
             o->linear(bk, a, mlp, B * Tn, &st->fc2_w, &st->fc2_b);

@@ -20,27 +20,8 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu-kernels.h"
 #include "backend/cpu/ops-ref.h"
+#include "backend/cpu/cpu-internal.h"
 #include "core/threads.h"
-
-#define LIN_CHUNK  512  // most rows of W per task: the scratch holds LIN_CHUNK·K floats
-#define LIN_MIN    64   // fewest rows per task (a multiple of 16 keeps sgemm's micro-tiles full)
-#define ATTN_QB    128  // queries per attention task (a 128 × L score block stays in L2 at 512²)
-
-void openblas_set_num_threads(int num_threads);
-
-struct cpu_backend {
-    struct backend             base;
-    struct pool *              pool;
-    const struct cpu_kernels * k;
-    int64_t                    max_k;      // largest weight row
-    int64_t                    max_n;      // largest weight row count
-    int64_t                    max_tokens; // largest attention sequence
-    float **                   scratch;    // per thread: max(LIN_CHUNK·max_k, ATTN_QB·max_tokens) floats
-    float *                    bias;       // [max_n]: a Linear's bias converted to f32
-    int                        ref;        // 1: scalar reference ops
-};
-
-static struct cpu_backend * cpu(struct backend * bk) { return (struct cpu_backend *)bk; }
 
 // ---- memory ---------------------------------------------------------------------------------------------------
 
@@ -186,6 +167,8 @@ struct attn_task {
     int64_t                 B, NH, HD, D, L, nqb_total;
     int64_t                 qb_start[3];  // first query-block index of each segment (per batch·head)
     float                   scale;
+    int                     causal;
+    const float *           bias;         // [NH, L, L] or NULL
 };
 
 // Scores of ATTN_QB queries against every key (sgemm per key segment), softmax, then P·V per segment.
@@ -209,6 +192,14 @@ static void attn_task_run(void * ctx, int64_t task, int ith) {
                     K, (int)(3 * D), 0.0f, S + off, (int)t->L);
         off += t->seg[ks].n;
     }
+    if (t->bias) {  // single segment: query i0+i, key j
+        const float * bh_ = t->bias + (h * t->L + i0) * t->L;
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t j = 0; j < t->L; j++) S[i * t->L + j] += bh_[i * t->L + j];
+    }
+    if (t->causal)
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t j = i0 + i + 1; j < t->L; j++) S[i * t->L + j] = -INFINITY;
     float inv[ATTN_QB];
     for (int64_t i = 0; i < nq; i++) inv[i] = 1.0f / t->c->k->exp_shifted(S + i * t->L, t->L);
     float * O = (float *)sq->out + (b * sq->n + i0) * D + h * t->HD;
@@ -224,10 +215,11 @@ static void attn_task_run(void * ctx, int64_t task, int ith) {
 }
 
 static void cpu_attention(struct backend * bk, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD,
-                          float scale) {
+                          float scale, const struct attn_opts * opt) {
     struct cpu_backend * c = cpu(bk);
     SD3Q_ASSERT(nseg >= 1 && nseg <= 3);
-    struct attn_task t = {c, seg, nseg, B, NH, HD, NH * HD, 0, 0, {0}, scale};
+    SD3Q_ASSERT(!opt || ((!opt->causal && !opt->bias) || nseg == 1));
+    struct attn_task t = {c, seg, nseg, B, NH, HD, NH * HD, 0, 0, {0}, scale, opt ? opt->causal : 0, opt ? opt->bias : NULL};
     for (int s = 0; s < nseg; s++) {
         t.qb_start[s] = t.nqb_total;
         t.nqb_total += (seg[s].n + ATTN_QB - 1) / ATTN_QB;
@@ -312,8 +304,33 @@ static void ref_rmsnorm_heads_op(struct backend * bk, void * qkv, int64_t rows, 
     ref_rmsnorm_heads(qkv, rows, D, col_off, HD, w, eps);
 }
 static void ref_attention_op(struct backend * bk, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD,
-                             float scale) {
-    ref_attention(seg, nseg, B, NH, HD, scale);
+                             float scale, const struct attn_opts * opt) {
+    ref_attention(seg, nseg, B, NH, HD, scale, opt ? opt->causal : 0, opt ? opt->bias : NULL);
+}
+static void ref_act_op(struct backend * bk, void * y, const void * x, int64_t n, enum act_kind k) { ref_act(y, x, NULL, n, k); }
+static void ref_gated_act_op(struct backend * bk, void * y, const void * x, int64_t rows, int64_t F, enum act_kind k) {
+    ref_gated_act(y, x, rows, F, k);
+}
+static void ref_layernorm_op(struct backend * bk, void * y, const void * x, int64_t rows, int64_t D, const struct wt * w,
+                             const struct wt * b, float eps) {
+    ref_layernorm(y, x, rows, D, w, b, eps);
+}
+static void ref_rmsnorm_op(struct backend * bk, void * y, const void * x, int64_t rows, int64_t D, const struct wt * w, float eps) {
+    ref_rmsnorm(y, x, rows, D, w, eps);
+}
+static void ref_conv2d_op(struct backend * bk, void * y, const void * x, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                          const struct wt * w, const struct wt * b, int stride, int pt, int pl, int pb, int pr) {
+    ref_conv2d(y, x, B, Cin, H, W, w, b, stride, pt, pl, pb, pr);
+}
+static void ref_group_norm_op(struct backend * bk, void * y, const void * x, int64_t B, int64_t C, int64_t HW, int64_t G,
+                              const struct wt * w, const struct wt * b, float eps, int silu) {
+    ref_group_norm(y, x, B, C, HW, G, w, b, eps, silu);
+}
+static void ref_upsample2x_op(struct backend * bk, void * y, const void * x, int64_t B, int64_t C, int64_t H, int64_t W) {
+    ref_upsample2x(y, x, B, C, H, W);
+}
+static void ref_transpose_op(struct backend * bk, void * y, const void * x, int64_t B, int64_t R, int64_t C) {
+    ref_transpose(y, x, B, R, C);
 }
 static void ref_gelu_op(struct backend * bk, void * x, int64_t n) { ref_gelu_tanh(x, n); }
 static void ref_silu_op(struct backend * bk, void * y, const void * x, int64_t n) { ref_silu(y, x, n); }
@@ -328,10 +345,12 @@ static void ref_add_op(struct backend * bk, void * y, const void * x, int64_t n)
 static void cpu_free(struct backend * bk) {
     struct cpu_backend * c = cpu(bk);
     if (!c) return;
-    if (c->scratch) {
-        for (int i = 0; i < pool_size(c->pool); i++) free(c->scratch[i]);
-        free(c->scratch);
+    for (int i = 0; i < pool_size(c->pool); i++) {
+        if (c->scratch) free(c->scratch[i]);
+        if (c->cols) free(c->cols[i]);
     }
+    free(c->scratch);
+    free(c->cols);
     free(c->bias);
     pool_free(c->pool);
     free(c);
@@ -356,6 +375,14 @@ static const struct backend_ops cpu_ops = {
     .patchify      = cpu_patchify,
     .add_pos_embed = cpu_add_pos_embed,
     .unpatchify    = cpu_unpatchify,
+    .act           = cpu_op_act,
+    .gated_act     = cpu_op_gated_act,
+    .layernorm     = cpu_op_layernorm,
+    .rmsnorm       = cpu_op_rmsnorm,
+    .conv2d        = cpu_op_conv2d,
+    .group_norm    = cpu_op_group_norm,
+    .upsample2x    = cpu_op_upsample2x,
+    .transpose     = cpu_op_transpose,
 };
 
 static const struct backend_ops cpu_ref_ops = {
@@ -377,6 +404,14 @@ static const struct backend_ops cpu_ref_ops = {
     .patchify      = cpu_patchify,
     .add_pos_embed = cpu_add_pos_embed,
     .unpatchify    = cpu_unpatchify,
+    .act           = ref_act_op,
+    .gated_act     = ref_gated_act_op,
+    .layernorm     = ref_layernorm_op,
+    .rmsnorm       = ref_rmsnorm_op,
+    .conv2d        = ref_conv2d_op,
+    .group_norm    = ref_group_norm_op,
+    .upsample2x    = ref_upsample2x_op,
+    .transpose     = ref_transpose_op,
 };
 
 enum sd3q_status backend_cpu_create(const struct backend_plan * plan, struct backend ** out, struct sd3q_errbuf * e) {
@@ -399,14 +434,16 @@ enum sd3q_status backend_cpu_create(const struct backend_plan * plan, struct bac
     int64_t lin = LIN_CHUNK * plan->max_k, att = ATTN_QB * plan->max_tokens;
     size_t per = (size_t)(lin > att ? lin : att);
     c->scratch = calloc((size_t)nt, sizeof(float *));
-    c->bias    = aligned_alloc(64, (((size_t)(plan->max_n > 0 ? plan->max_n : 1) * sizeof(float)) + 63) & ~(size_t)63);
-    if (!c->scratch || !c->bias) {
+    c->cols    = calloc((size_t)nt, sizeof(float *));
+    c->bias    = aligned_alloc(64, ((2 * (size_t)(plan->max_n > 0 ? plan->max_n : 1) * sizeof(float)) + 63) & ~(size_t)63);
+    if (!c->scratch || !c->cols || !c->bias) {
         cpu_free(&c->base);
         return err_set(e, SD3Q_ERR_OOM, "cpu backend: out of memory");
     }
     for (int i = 0; i < nt; i++) {
         c->scratch[i] = aligned_alloc(64, ((per ? per : 16) * sizeof(float) + 63) & ~(size_t)63);
-        if (!c->scratch[i]) {
+        c->cols[i]    = aligned_alloc(64, ((size_t)(plan->max_k > 0 ? plan->max_k : 1) * CONV_TILE * sizeof(float) + 63) & ~(size_t)63);
+        if (!c->scratch[i] || !c->cols[i]) {
             cpu_free(&c->base);
             return err_set(e, SD3Q_ERR_OOM, "cpu backend: cannot allocate %zu MiB of per-thread scratch", per * 4 >> 20);
         }

@@ -27,6 +27,8 @@ struct cpu_kernels {
                    const float * b, float eps);
     // y[i] += g[i]·x[i] (g NULL: y += x).
     void (*axpy_gate)(float * y, const float * x, const float * g, int64_t n);
+    // y[i] = act(x[i]) · (g ? g[i] : 1) for an enum act_kind (backend.h); y may equal x.
+    void (*act)(float * y, const float * x, const float * g, int64_t n, int kind);
 };
 
 extern const struct cpu_kernels cpu_kernels_generic;

@@ -113,6 +113,50 @@ static void KFN(axpy_gate)(float * y, const float * x, const float * g, int64_t 
         for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+// erf(x) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), branch-free for vectorisation.
+static inline float KFN(erff)(float x) {
+    float ax = x < 0 ? -x : x;
+    float t  = 1.0f / (1.0f + 0.3275911f * ax);
+    float y  = 1.0f - (((((1.061405429f * t - 1.453152027f) * t) + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t *
+                         KFN(expf)(-ax * ax);
+    return x < 0 ? -y : y;
+}
+
+static void KFN(act)(float * y, const float * x, const float * g, int64_t n, int kind) {
+    // one loop per kind so each vectorises; g multiplies the result (gated activations)
+    switch (kind) {
+        case 0:  // GELU, tanh approximation
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) {
+                float u = x[i], a = 0.7978845608028654f * (u + 0.044715f * u * u * u);
+                float r = u - u / (KFN(expf)(2.0f * a) + 1.0f);
+                y[i] = g ? r * g[i] : r;
+            }
+            break;
+        case 1:  // GELU, exact (erf)
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) {
+                float u = x[i], r = 0.5f * u * (1.0f + KFN(erff)(u * 0.70710678118654752f));
+                y[i] = g ? r * g[i] : r;
+            }
+            break;
+        case 2:  // quick GELU
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) {
+                float u = x[i], r = u / (1.0f + KFN(expf)(-1.702f * u));
+                y[i] = g ? r * g[i] : r;
+            }
+            break;
+        default:  // SiLU
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) {
+                float u = x[i], r = u / (1.0f + KFN(expf)(-u));
+                y[i] = g ? r * g[i] : r;
+            }
+            break;
+    }
+}
+
 #define KERNEL_TABLE(tname, label)                                                                          \
     const struct cpu_kernels tname = {label,        KFN(to_f32),  KFN(gelu_tanh), KFN(silu), KFN(exp_shifted), \
-                                      KFN(ln_row), KFN(axpy_gate)}
+                                      KFN(ln_row), KFN(axpy_gate), KFN(act)}

@@ -89,7 +89,8 @@ void ref_rmsnorm_heads(float * qkv, int64_t rows, int64_t D, int64_t col_off, in
     free(W);
 }
 
-void ref_attention(const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale) {
+void ref_attention(const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale, int causal,
+                   const float * bias) {
     int64_t D = NH * HD, L = 0;
     for (int s = 0; s < nseg; s++) L += seg[s].n;
     double * sc = malloc((size_t)L * sizeof(double));
@@ -112,6 +113,8 @@ void ref_attention(const struct attn_seg * seg, int nseg, int64_t B, int64_t NH,
                             double d = 0;
                             for (int64_t c = 0; c < HD; c++) d += (double)q[c] * k[c];
                             sc[j] = d * scale;
+                            if (bias) sc[j] += bias[(h * L + i) * L + j];
+                            if (causal && j > i) sc[j] = -INFINITY;
                             if (sc[j] > mx) mx = sc[j];
                         }
                     }
@@ -208,4 +211,93 @@ void ref_unpatchify(float * y, const float * tok, int64_t B, int64_t C, int64_t 
                         for (int64_t c = 0; c < C; c++)
                             y[((b * C + c) * H + py * p + i) * W + px * p + j] = t[(i * p + j) * C + c];
             }
+}
+
+// One activation in double.
+static double act1(double u, int kind) {
+    switch (kind) {
+        case 0: return 0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u)));
+        case 1: return 0.5 * u * (1.0 + erf(u / sqrt(2.0)));
+        case 2: return u / (1.0 + exp(-1.702 * u));
+        default: return u / (1.0 + exp(-u));
+    }
+}
+
+void ref_act(float * y, const float * x, const float * g, int64_t n, int kind) {
+    for (int64_t i = 0; i < n; i++) y[i] = (float)(act1(x[i], kind) * (g ? (double)g[i] : 1.0));
+}
+
+void ref_gated_act(float * y, const float * x, int64_t rows, int64_t F, int kind) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < F; j++) y[r * F + j] = (float)(act1(x[r * 2 * F + j], kind) * x[r * 2 * F + F + j]);
+}
+
+void ref_rmsnorm(float * y, const float * x, int64_t rows, int64_t D, const struct wt * w, float eps) {
+    float * W = weight_f32(w);
+    for (int64_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int64_t i = 0; i < D; i++) ss += (double)x[r * D + i] * x[r * D + i];
+        double rs = 1.0 / sqrt(ss / (double)D + eps);
+        for (int64_t i = 0; i < D; i++) y[r * D + i] = (float)(x[r * D + i] * rs * W[i]);
+    }
+    free(W);
+}
+
+void ref_conv2d(float * y, const float * x, int64_t B, int64_t Cin, int64_t H, int64_t W, const struct wt * w, const struct wt * b,
+                int stride, int pad_t, int pad_l, int pad_b, int pad_r) {
+    int64_t Cout = w->shape[0], kh = w->ndim == 4 ? w->shape[2] : 1, kw = w->ndim == 4 ? w->shape[3] : 1;
+    int64_t Ho = (H + pad_t + pad_b - kh) / stride + 1, Wo = (W + pad_l + pad_r - kw) / stride + 1;
+    float * Wf = weight_f32(w);
+    float * bf = weight_f32(b && wt_present(b) ? b : NULL);
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t o = 0; o < Cout; o++)
+            for (int64_t oy = 0; oy < Ho; oy++)
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    double acc = bf ? bf[o] : 0.0;
+                    for (int64_t ci = 0; ci < Cin; ci++)
+                        for (int64_t ky = 0; ky < kh; ky++)
+                            for (int64_t kx = 0; kx < kw; kx++) {
+                                int64_t iy = oy * stride + ky - pad_t, ix = ox * stride + kx - pad_l;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                acc += (double)Wf[((o * Cin + ci) * kh + ky) * kw + kx] * x[((n * Cin + ci) * H + iy) * W + ix];
+                            }
+                    y[((n * Cout + o) * Ho + oy) * Wo + ox] = (float)acc;
+                }
+    free(Wf);
+    free(bf);
+}
+
+void ref_group_norm(float * y, const float * x, int64_t B, int64_t C, int64_t HW, int64_t groups, const struct wt * w,
+                    const struct wt * b, float eps, int silu) {
+    float * Wf = weight_f32(w && wt_present(w) ? w : NULL), * bf = weight_f32(b && wt_present(b) ? b : NULL);
+    int64_t cg = C / groups;
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t g = 0; g < groups; g++) {
+            const float * xg = x + (n * C + g * cg) * HW;
+            double s = 0, v = 0;
+            for (int64_t i = 0; i < cg * HW; i++) s += xg[i];
+            double mu = s / (double)(cg * HW);
+            for (int64_t i = 0; i < cg * HW; i++) v += ((double)xg[i] - mu) * ((double)xg[i] - mu);
+            double rs = 1.0 / sqrt(v / (double)(cg * HW) + eps);
+            for (int64_t c = 0; c < cg; c++)
+                for (int64_t i = 0; i < HW; i++) {
+                    int64_t k = (n * C + g * cg + c) * HW + i;
+                    double t = ((double)x[k] - mu) * rs * (Wf ? Wf[g * cg + c] : 1.0) + (bf ? bf[g * cg + c] : 0.0);
+                    y[k] = (float)(silu ? t / (1.0 + exp(-t)) : t);
+                }
+        }
+    free(Wf);
+    free(bf);
+}
+
+void ref_upsample2x(float * y, const float * x, int64_t B, int64_t C, int64_t H, int64_t W) {
+    for (int64_t p = 0; p < B * C; p++)
+        for (int64_t i = 0; i < 2 * H; i++)
+            for (int64_t j = 0; j < 2 * W; j++) y[(p * 2 * H + i) * 2 * W + j] = x[(p * H + i / 2) * W + j / 2];
+}
+
+void ref_transpose(float * y, const float * x, int64_t B, int64_t R, int64_t C) {
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++) y[(n * C + c) * R + r] = x[(n * R + r) * C + c];
 }

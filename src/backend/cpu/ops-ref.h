@@ -23,8 +23,33 @@ void ref_layernorm(float * y, const float * x, int64_t rows, int64_t D, const st
 void ref_rmsnorm_heads(float * qkv, int64_t rows, int64_t D, int64_t col_off, int64_t HD, const struct wt * w, float eps);
 
 // Joint softmax attention over segments (see backend.h); plain loops, full score rows in double.
+// causal: key j visible to query i only when j ≤ i; bias [NH, L, L] added to the scaled logits (single segment).
 struct attn_seg;
-void ref_attention(const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale);
+void ref_attention(const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale, int causal,
+                   const float * bias);
+
+// y = act(x) (· g when g is not NULL) for an enum act_kind, evaluated in double.
+void ref_act(float * y, const float * x, const float * g, int64_t n, int kind);
+
+// y[r, j] = act(x[r, j]) · x[r, F + j] for x [rows, 2F].
+void ref_gated_act(float * y, const float * x, int64_t rows, int64_t F, int kind);
+
+// y = x / sqrt(mean(x²) + eps) · w over rows of D.
+void ref_rmsnorm(float * y, const float * x, int64_t rows, int64_t D, const struct wt * w, float eps);
+
+// Direct 2-D convolution with stride and per-side zero padding (see backend.h).
+void ref_conv2d(float * y, const float * x, int64_t B, int64_t Cin, int64_t H, int64_t W, const struct wt * w, const struct wt * b,
+                int stride, int pad_t, int pad_l, int pad_b, int pad_r);
+
+// GroupNorm with affine parameters, optional SiLU.
+void ref_group_norm(float * y, const float * x, int64_t B, int64_t C, int64_t HW, int64_t groups, const struct wt * w,
+                    const struct wt * b, float eps, int silu);
+
+// Nearest ×2 upsampling.
+void ref_upsample2x(float * y, const float * x, int64_t B, int64_t C, int64_t H, int64_t W);
+
+// y[b, c, r] = x[b, r, c].
+void ref_transpose(float * y, const float * x, int64_t B, int64_t R, int64_t C);
 
 // GELU with the tanh approximation: 0.5·u·(1 + tanh(√(2/π)·(u + 0.044715·u³))), in place.
 void ref_gelu_tanh(float * x, int64_t n);
