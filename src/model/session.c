@@ -13,6 +13,8 @@
 
 #include "backend/profile.h"
 #include "model/scheduler.h"
+#include "model/text.h"
+#include "model/vae-api.h"
 
 struct sd3q_session_params sd3q_session_default_params(void) {
     struct sd3q_session_params p;
@@ -73,6 +75,10 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
                      params->max_batch, params->max_latent_h, params->max_latent_w, params->max_context, params->n_threads);
         goto done;
     }
+    if (params->vae_tile < 0 || params->vae_tile > 4096) {
+        st = err_set(&e, SD3Q_ERR_INVALID_ARG, "VAE tile %d out of range [0 (default), 4096]", params->vae_tile);
+        goto done;
+    }
     if (params->device == SD3Q_DEVICE_CUDA) {
         st = err_set(&e, SD3Q_ERR_UNSUPPORTED, "--device cuda: this build has no CUDA backend");
         goto done;
@@ -92,6 +98,8 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
         mmdit_for_each_weight(m, track_dims, &d);
         max_tokens += (int64_t)(params->max_latent_h / m->cfg.patch) * (params->max_latent_w / m->cfg.patch);
     }
+    text_plan_backend(model, params->max_context, &d.max_k, &d.max_n, &max_tokens);
+    vae_plan_backend(model, params, &d.max_k, &d.max_n, &max_tokens);
     struct backend_plan plan = {params->n_threads, d.max_k, d.max_n, max_tokens, s->force_ref};
     if ((st = backend_cpu_create(&plan, &s->bk, &e)) != SD3Q_OK) goto done;
     if (params->profile) {
@@ -121,6 +129,8 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
             goto done;
         }
     }
+    if ((st = text_plan_session(s, &bytes, &e)) != SD3Q_OK) goto done;
+    if ((st = vae_plan_session(s, &bytes, &e)) != SD3Q_OK) goto done;
     void * base = s->bk->ops->arena_alloc(s->bk, bytes ? bytes : 64);
     if (!base) {
         st = err_set(&e, SD3Q_ERR_OOM, "cannot allocate the %.1f MiB activation arena", (double)bytes / (1 << 20));
@@ -146,6 +156,8 @@ void sd3q_session_free(struct sd3q_session * s) {
     }
     free(s->host_v);
     free(s->host_t);
+    text_session_free(s);
+    vae_session_free(s);
     free(s);
 }
 
@@ -217,9 +229,15 @@ done:
 
 enum sd3q_status sd3q_session_sample(struct sd3q_session * s, int h, int w, int steps, float shift, float cfg,
                                      const struct sd3q_cond * cond, const struct sd3q_cond * uncond, float * latents) {
+    return session_sample(s, h, w, steps, shift, cfg, cond, uncond, latents, NULL, NULL);
+}
+
+enum sd3q_status session_sample(struct sd3q_session * s, int h, int w, int steps, float shift, float cfg, const struct sd3q_cond * cond,
+                                const struct sd3q_cond * uncond, float * latents, sample_step_fn on_step, void * ud) {
     if (!s) return SD3Q_ERR_INVALID_ARG;
     err_clear(&s->err);
-    if (!cond || !latents || (cfg != 1.0f && !uncond))
+    if (!cond || !latents || !cond->context || !cond->pooled ||
+        (cfg != 1.0f && (!uncond || !uncond->context || !uncond->pooled)))
         return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "sd3q_session_sample: missing conditioning or latents");
     if (!(cfg >= 0.0f) || cfg > 1000.0f) return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "guidance scale %g out of range [0, 1000]", cfg);
     if (steps < 1 || steps > SCHED_MAX_STEPS) return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "steps %d out of range [1, %d]", steps, SCHED_MAX_STEPS);
@@ -252,6 +270,7 @@ enum sd3q_status sd3q_session_sample(struct sd3q_session * s, int h, int w, int 
     }
     for (int i = 0; i < steps && st == SD3Q_OK; i++) {
         float sigma = sigmas[i], t[2];
+        if (on_step) on_step(ud, i, sigma, sched_timestep(sigma), latents);
         t[0] = t[1] = sched_timestep(sigma);
         for (int b = 0; b < B && st == SD3Q_OK; b++)
             st = o->upload(s->bk, (uint8_t *)io.x + (size_t)b * nl * o->act_size(s->bk), latents, nl);
@@ -271,6 +290,7 @@ enum sd3q_status sd3q_session_sample(struct sd3q_session * s, int h, int w, int 
             break;
         }
     }
+    if (st == SD3Q_OK && on_step) on_step(ud, steps, 0.0f, 0.0f, latents);
     arena_rewind(&s->ar, mark);
     free(sigmas);
     return st;

@@ -20,10 +20,26 @@ struct sd3q_session {
     float *                    host_v;    // [max_batch, C, h, w] velocity staging for the Euler update
     float *                    host_t;    // [max_batch, 256] timestep embeddings before upload
     int                        force_ref; // 1: scalar reference ops (tests)
+    // text encoders (src/model/text.c)
+    float *                    host_text; // staging: input embeddings, one head's T5 bias, CLIP hidden states
+    int32_t *                  host_ids;  // token ids of the prompt being encoded
+    int                        t5_notice; // 1 once the "no T5 in the model" notice was printed
+    // VAE (src/model/vae-api.c)
+    int                        vae_th;    // planned VAE tile, latent rows (0: no VAE)
+    int                        vae_tw;    // planned VAE tile, latent columns
+    float *                    host_vae;  // staging: one tile's latent and image
 };
 
 // sd3q_session_init with the choice of the scalar reference backend (ref = 1), for tests and op comparisons.
 enum sd3q_status session_create(const struct sd3q_model * model, const struct sd3q_session_params * params, int ref,
                                 struct sd3q_session ** out, char * err, size_t err_size);
+
+// Called by session_sample with the latent entering step k (σ_k, timestep 1000·σ_k), and once more after the last
+// step with k = steps, σ = 0 and the final latent.
+typedef void (*sample_step_fn)(void * ud, int k, float sigma, float timestep, const float * latents);
+
+// sd3q_session_sample with a per-step observer (calibration keeps the latent entering every step).
+enum sd3q_status session_sample(struct sd3q_session * s, int h, int w, int steps, float shift, float cfg, const struct sd3q_cond * cond,
+                                const struct sd3q_cond * uncond, float * latents, sample_step_fn on_step, void * ud);
 
 #endif
