@@ -186,7 +186,8 @@ static enum sd3q_status build_entry(const struct stats_table * t, int l, int s0,
         en->symmetric = 0;
         en->clip_lo = (float)l0, en->clip_hi = (float)h0;
         en->step = (float)((h0 - l0) / ((1 << bits) - 1));
-        en->zero_point = (int32_t)(qmin - lrint(l0 / en->step));
+        // zp = qmin − round(lo/step), rounded exactly as actcfg_fake_quant rounds, so lo quantizes to qmin
+        en->zero_point = (int32_t)qmin - (int32_t)rintf(en->clip_lo * (1.0f / en->step));
     }
     en->bits = bits;
 done:
