@@ -6,14 +6,25 @@
 
 #include "backend/cpu/cpu-kernels.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+// F16C from cpuid leaf 1 directly: clang before 15 rejects the feature string "f16c" in __builtin_cpu_supports (and
+// the libFuzzer build uses clang).
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
+
 int cpu_kernels_supported(const struct cpu_kernels * k) {
     if (!k || !k->name) return 0;
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (k == &cpu_kernels_avx512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
-    if (k == &cpu_kernels_avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") && has_f16c();
+    if (k == &cpu_kernels_avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
 #else
     if (k != &cpu_kernels_generic) return 0;
 #endif
