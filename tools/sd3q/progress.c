@@ -15,6 +15,7 @@ static double now(void) {
 
 void progress_begin(struct progress * p, const char * what, int total, int item, int items) {
     p->what  = what;
+    p->unit  = "steps";
     p->total = total;
     p->item  = item;
     p->items = items;
@@ -32,9 +33,9 @@ int progress_callback(void * user_data, int done, int total) {
         int fill = total > 0 ? 40 * done / total : 40;
         for (int i = 0; i < 40; i++) bar[i] = i < fill ? '#' : '.';
         bar[40] = '\0';
-        fprintf(stderr, "\r%s%s [%s] %d/%d  %.2f steps/s  ETA %.0f s ", p->what, head, bar, done, total, rate, eta);
+        fprintf(stderr, "\r%s%s [%s] %d/%d  %.2f %s/s  ETA %.0f s ", p->what, head, bar, done, total, rate, p->unit, eta);
     } else {
-        fprintf(stderr, "%s%s: step %d/%d  %.2f steps/s  elapsed %.1f s  ETA %.0f s\n", p->what, head, done, total, rate, el, eta);
+        fprintf(stderr, "%s%s: %d/%d %s  %.2f %s/s  elapsed %.1f s  ETA %.0f s\n", p->what, head, done, total, p->unit, rate, p->unit, el, eta);
     }
     fflush(stderr);
     return 0;

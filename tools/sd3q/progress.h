@@ -7,6 +7,7 @@
 
 struct progress {
     const char * what;
+    const char * unit;                // "steps" unless set after progress_begin
     int          total, item, items;  // item/items: "image 2/4" when items > 1
     int          tty;
     double       t0;

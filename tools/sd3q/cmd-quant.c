@@ -1,0 +1,232 @@
+/*
+ * cmd-quant.c — the activation track of W4A8 quantization: `sd3q collect-activations` (statistics of every
+ * quantizable Linear's input, replayed from calibration latents) and `sd3q analyze` (the activation config: HTG
+ * timestep groups, clip ranges, steps, zero points, post-GELU shifts, outlier divisors; optionally multi-tier).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "commands.h"
+#include "model/session.h"
+#include "progress.h"
+#include "quant/actconfig.h"
+#include "quant/calibfile.h"
+#include "quant/calibrate.h"
+#include "quant/collect.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int cmd_calibrate(int argc, char ** argv) {
+    struct model_opts mo;
+    const char * prompts = NULL, * out = NULL, * negative = "";
+    int64_t num = 10, steps = 30, size = 512, seed = 42, t5 = 256;
+    double cfg = 4.0, shift = 3.0;
+    int resume = 0, force = 0;
+    struct opt opts[MODEL_OPTS_N + 12];
+    model_opts_add(&mo, opts);
+    struct opt own[] = {
+        {"--prompts", OPT_STR, &prompts, "prompt file: .txt (one per line), .tsv (seed<TAB>prompt) or .csv (a prompt column)", 0, 0, 1, 0},
+        {"--num-images", OPT_INT, &num, "images to generate (default 10; prompts are reused in order)", 1, 1e6, 0, 0},
+        {"--steps", OPT_INT, &steps, "denoising steps (default 30)", 1, 1000, 0, 0},
+        {"--cfg", OPT_FLOAT, &cfg, "guidance scale (default 4.0)", 0, 100, 0, 0},
+        {"--shift", OPT_FLOAT, &shift, "time shift (default 3.0)", 0.01, 100, 0, 0},
+        {"--size", OPT_INT, &size, "image side in pixels, a multiple of 16 (default 512)", 16, 4096, 0, 0},
+        {"--seed", OPT_INT, &seed, "base seed: image i uses seed + i unless the prompt file gives one (default 42)", 0, 9007199254740991.0, 0, 0},
+        {"--t5-max-length", OPT_INT, &t5, "T5 tokens (default 256)", 1, 4096, 0, 0},
+        {"--negative-prompt", OPT_STR, &negative, "negative prompt (default \"\")", 0, 0, 0, 0},
+        {"--out", OPT_STR, &out, "calibration folder", 0, 0, 1, 0},
+        {"--resume", OPT_FLAG, &resume, "continue an interrupted calibration (same settings)", 0, 0, 0, 0},
+        {"--force", OPT_FLAG, &force, "start over in a folder that holds a calibration", 0, 0, 0, 0},
+    };
+    memcpy(opts + MODEL_OPTS_N, own, sizeof own);
+    int r = args_parse(argc, argv, 2, "calibrate",
+                       "Run the full-precision pipeline on calibration prompts and keep, per image, the latent entering every\n"
+                       "denoising step (with σ and timestep), the final latent and the PNG; prompt embeddings once per prompt.\n"
+                       "manifest.json is updated after every image, so an interrupted run resumes with --resume.",
+                       opts, MODEL_OPTS_N + 12, NULL, 0, NULL, NULL);
+    if (r) return r == 1 ? 0 : 2;
+    if (size % 16) {
+        fprintf(stderr, "sd3q calibrate: --size must be a multiple of 16 (got %lld)\n", (long long)size);
+        return 2;
+    }
+    if (resume && force) {
+        fprintf(stderr, "sd3q calibrate: --resume and --force exclude each other\n");
+        return 2;
+    }
+    int rc = 1;
+    struct sd3q_model * m = model_opts_load(&mo, "calibrate");
+    struct sd3q_session * s = NULL;
+    if (!m) return 1;
+    struct sd3q_session_params sp;
+    if ((rc = model_opts_session(&mo, "calibrate", &sp)) != 0) goto done;
+    rc = 1;
+    sp.max_batch = 2, sp.max_latent_h = (int)size / 8, sp.max_latent_w = (int)size / 8, sp.max_context = 77 + (int)t5;
+    char err[1024];
+    if (sd3q_session_init(m, &sp, &s, err, sizeof err) != SD3Q_OK) {
+        fprintf(stderr, "sd3q calibrate: %s\n", err);
+        goto done;
+    }
+    struct progress pr;
+    progress_begin(&pr, "calibrate", (int)num, 0, 0);
+    pr.unit = "images";
+    struct calibrate_params cp = {prompts, out, mo.model ? mo.model : mo.mmdit, negative, (int)num, (int)steps, (int)size, (int)t5,
+                                  cfg, shift, seed, resume, force, progress_callback, &pr};
+    struct sd3q_errbuf e;
+    double t0 = now();
+    enum sd3q_status st = quant_calibrate(s, &cp, &e);
+    progress_end(&pr);
+    if (st != SD3Q_OK) {
+        fprintf(stderr, "sd3q calibrate: %s\n", e.msg);
+        goto done;
+    }
+    double dt = now() - t0;
+    fprintf(stderr, "sd3q calibrate: %lld images in %s (%.1f s, %.2f images/min)\n", (long long)num, out, dt, dt > 0 ? 60.0 * (double)num / dt : 0);
+    rc = 0;
+done:
+    sd3q_session_free(s);
+    sd3q_model_free(m);
+    return rc;
+}
+
+int cmd_collect(int argc, char ** argv) {
+    struct model_opts mo;
+    const char * calib = NULL, * out = NULL;
+    int64_t num_images = 0, stride = 1;
+    int force = 0;
+    struct opt opts[MODEL_OPTS_N + 5];
+    model_opts_add(&mo, opts);
+    struct opt own[] = {
+        {"--calib", OPT_STR, &calib, "calibration folder written by sd3q calibrate", 0, 0, 1, 0},
+        {"--num-images", OPT_INT, &num_images, "images to replay, evenly spaced (default: all)", 0, 1e7, 0, 0},
+        {"--steps-stride", OPT_INT, &stride, "replay every K-th denoising step (default 1)", 1, 10000, 0, 0},
+        {"--out", OPT_STR, &out, "statistics folder (default CALIB/activations)", 0, 0, 0, 0},
+        {"--force", OPT_FLAG, &force, "overwrite existing statistics", 0, 0, 0, 0},
+    };
+    memcpy(opts + MODEL_OPTS_N, own, sizeof own);
+    int r = args_parse(argc, argv, 2, "collect-activations",
+                       "Replay stored calibration latents through the MMDiT (CFG batch of 2, as at inference) and record, per\n"
+                       "denoising step (keyed by σ), statistics of the input of every quantizable Linear (docs/QUANT.md).\n"
+                       "The model defaults to the one the calibration was made with.",
+                       opts, MODEL_OPTS_N + 5, NULL, 0, NULL, NULL);
+    if (r) return r == 1 ? 0 : 2;
+    struct calib_manifest man;
+    struct sd3q_errbuf e;
+    if (calib_read(calib, &man, &e) != SD3Q_OK) {
+        fprintf(stderr, "sd3q collect-activations: %s\n", e.msg);
+        return 1;
+    }
+    char outbuf[4096];
+    if (!out) {
+        snprintf(outbuf, sizeof outbuf, "%s/activations", calib);
+        out = outbuf;
+    }
+    if (!mo.model && !mo.mmdit) mo.model = man.set.model;
+    int rc = 1;
+    struct sd3q_model * m = model_opts_load(&mo, "collect-activations");
+    struct sd3q_session * s = NULL;
+    if (!m) goto done;
+    struct sd3q_session_params sp;
+    if ((rc = model_opts_session(&mo, "collect-activations", &sp)) != 0) goto done;
+    rc = 1;
+    sp.max_batch = 2, sp.max_latent_h = man.set.height / 8, sp.max_latent_w = man.set.width / 8;
+    sp.max_context = 77 + man.set.t5_max_length;
+    char err[1024];
+    if (sd3q_session_init(m, &sp, &s, err, sizeof err) != SD3Q_OK) {
+        fprintf(stderr, "sd3q collect-activations: %s\n", err);
+        goto done;
+    }
+    struct progress pr;
+    progress_begin(&pr, "collect", 0, 0, 0);
+    pr.unit = "passes";
+    struct collect_params cp = {calib, out, (int)num_images, (int)stride, force, progress_callback, &pr};
+    double t0 = now();
+    enum sd3q_status st = quant_collect(s, &cp, &e);
+    progress_end(&pr);
+    if (st != SD3Q_OK) {
+        fprintf(stderr, "sd3q collect-activations: %s\n", e.msg);
+        goto done;
+    }
+    fprintf(stderr, "sd3q collect-activations: statistics in %s (%.1f s)\n", out, now() - t0);
+    rc = 0;
+done:
+    sd3q_session_free(s);
+    sd3q_model_free(m);
+    calib_free(&man);
+    return rc;
+}
+
+int cmd_analyze(int argc, char ** argv) {
+    const char * stats = NULL, * out = NULL, * clip = "absmax";
+    int64_t groups = 0;
+    int multitier = 0;
+    double a4 = 6.0, a6 = 10.0, a4g = 5.0, a6g = 8.0;
+    struct opt opts[] = {
+        {"--stats", OPT_STR, &stats, "statistics folder written by collect-activations", 0, 0, 1, 0},
+        {"--output", OPT_STR, &out, "config to write (default STATS/quant_config.json; multitier: quant_config_multitier.json)", 0, 0, 0, 0},
+        {"--clip", OPT_STR, &clip, "clipping statistic: absmax (default), p999 or p9999 (percentiles of |x|)", 0, 0, 0, 0},
+        {"--time-groups", OPT_INT, &groups, "timestep groups (HTG; default max(1, steps/10))", 1, ACTCFG_MAX_GROUPS, 0, 0},
+        {"--multitier", OPT_FLAG, &multitier, "assign A4/A6/A8 per layer and group by the thresholds below", 0, 0, 0, 0},
+        {"--a4-threshold", OPT_FLOAT, &a4, "multitier: A4 when the clip magnitude is below this (default 6)", 0, 1e9, 0, 0},
+        {"--a6-threshold", OPT_FLOAT, &a6, "multitier: A6 below this, else A8 (default 10)", 0, 1e9, 0, 0},
+        {"--a4-threshold-gelu", OPT_FLOAT, &a4g, "multitier, post-GELU (shifted) inputs: A4 below this (default 5)", 0, 1e9, 0, 0},
+        {"--a6-threshold-gelu", OPT_FLOAT, &a6g, "multitier, post-GELU inputs: A6 below this (default 8)", 0, 1e9, 0, 0},
+    };
+    int r = args_parse(argc, argv, 2, "analyze",
+                       "Turn activation statistics into a W4A8 activation-quantization config valid at any timestep: HTG\n"
+                       "timestep groups keyed by σ intervals; per layer and group the clip range, the quantization step, the\n"
+                       "zero point, the post-GELU shift and the outlier-channel divisors (docs/QUANT.md, docs/FORMATS.md).",
+                       opts, sizeof opts / sizeof opts[0], NULL, 0, NULL, NULL);
+    if (r) return r == 1 ? 0 : 2;
+    enum act_clip ck;
+    if (!strcmp(clip, "absmax")) ck = CLIP_ABSMAX;
+    else if (!strcmp(clip, "p999")) ck = CLIP_P999;
+    else if (!strcmp(clip, "p9999")) ck = CLIP_P9999;
+    else {
+        fprintf(stderr, "sd3q analyze: --clip must be absmax, p999 or p9999 (got '%s')\n", clip);
+        return 2;
+    }
+    if (a4 > a6 || a4g > a6g) {
+        fprintf(stderr, "sd3q analyze: the A4 thresholds must not exceed the A6 thresholds\n");
+        return 2;
+    }
+    struct stats_table t;
+    struct sd3q_errbuf e;
+    if (stats_read(stats, &t, &e) != SD3Q_OK) {
+        fprintf(stderr, "sd3q analyze: %s\n", e.msg);
+        return 1;
+    }
+    char outbuf[4096];
+    if (!out) {
+        snprintf(outbuf, sizeof outbuf, "%s/%s", stats, multitier ? "quant_config_multitier.json" : "quant_config.json");
+        out = outbuf;
+    }
+    int ng = groups ? (int)groups : (t.n_steps / 10 > 1 ? t.n_steps / 10 : 1);
+    struct actcfg cfg;
+    enum sd3q_status st = actcfg_build(&t, ng, ck, multitier, a4, a6, a4g, a6g, &cfg, &e);
+    if (st == SD3Q_OK) st = actcfg_write(&cfg, out, &e);
+    if (st != SD3Q_OK) {
+        fprintf(stderr, "sd3q analyze: %s\n", e.msg);
+        stats_free(&t);
+        return 1;
+    }
+    int outl = 0, bits[9] = {0};
+    for (int l = 0; l < cfg.n_layers; l++)
+        for (int g = 0; g < cfg.n_groups; g++) {
+            outl += actcfg_at(&cfg, l, g)->n_outliers > 0;
+            bits[actcfg_at(&cfg, l, g)->bits]++;
+        }
+    printf("%s: %d layers × %d timestep groups (σ boundaries", out, cfg.n_layers, cfg.n_groups);
+    for (int g = 0; g + 1 < cfg.n_groups; g++) printf(" %.4f", cfg.groups[g].sigma_lo);
+    printf("), clip %s; %d (layer, group) cells with outlier channels", clip, outl);
+    if (multitier) printf("; A4 %d, A6 %d, A8 %d", bits[4], bits[6], bits[8]);
+    printf("\n");
+    actcfg_free(&cfg);
+    stats_free(&t);
+    return 0;
+}
