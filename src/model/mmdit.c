@@ -375,6 +375,13 @@ static void observe(const struct mmdit_hook * hk, const char * name, const void 
     if (hk && hk->fn) hk->fn(hk->ud, name, p, B, rows, cols);
 }
 
+// Calls the hook on a Linear's input: observe, then let it modify the input in place.
+static void linear_input(const struct mmdit_hook * hk, const char * name, void * p, int64_t B, int64_t rows, int64_t cols) {
+    if (!hk) return;
+    if (hk->fn) hk->fn(hk->ud, name, p, B, rows, cols);
+    if (hk->modify) hk->modify(hk->ud, name, p, B, rows, cols);
+}
+
 // Takes a buffer of n activations from the arena (a planning bug if it does not fit: the arena was measured).
 static void * take(struct arena * ar, size_t esz, int64_t n) {
     void * p = arena_alloc(ar, (size_t)n * esz);
@@ -460,10 +467,10 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
         o->ln_modulate(bk, himg, img, B, N, D, mi, at(mi, esz, D), si, LN_EPS);
         o->ln_modulate(bk, htxt, txt, B, L, D, mt, at(mt, esz, D), stx, LN_EPS);
         snprintf(nm, sizeof nm, "mm%d.img.attn.qkv", i);
-        observe(hook, nm, himg, B, N, D);
+        linear_input(hook, nm, himg, B, N, D);
         o->linear(bk, qimg, himg, B * N, &blk->img.qkv_w, &blk->img.qkv_b);
         snprintf(nm, sizeof nm, "mm%d.txt.attn.qkv", i);
-        observe(hook, nm, htxt, B, L, D);
+        linear_input(hook, nm, htxt, B, L, D);
         o->linear(bk, qtxt, htxt, B * L, &blk->txt.qkv_w, &blk->txt.qkv_b);
         if (c->qk_norm) {
             o->rmsnorm_heads(bk, qimg, B * N, D, 0, HD, &blk->img.ln_q, QK_EPS);
@@ -474,7 +481,7 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
         if (dual) {  // MMDiT-X: the same LN(x) with the second modulation feeds an image-only attention
             o->ln_modulate(bk, h2, img, B, N, D, at(mi, esz, 6 * D), at(mi, esz, 7 * D), si, LN_EPS);
             snprintf(nm, sizeof nm, "mm%d.img.attn2.qkv", i);
-            observe(hook, nm, h2, B, N, D);
+            linear_input(hook, nm, h2, B, N, D);
             o->linear(bk, q2, h2, B * N, &blk->img.qkv2_w, &blk->img.qkv2_b);
             o->rmsnorm_heads(bk, q2, B * N, D, 0, HD, &blk->img.ln_q2, QK_EPS);
             o->rmsnorm_heads(bk, q2, B * N, D, D, HD, &blk->img.ln_k2, QK_EPS);
@@ -494,22 +501,22 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             int64_t Tn = s ? L : N, ms = st->nmod * D;
             const char * sn = s ? "txt" : "img";
             snprintf(nm, sizeof nm, "mm%d.%s.attn.proj", i, sn);
-            observe(hook, nm, a, B, Tn, D);
+            linear_input(hook, nm, a, B, Tn, D);
             o->linear(bk, h, a, B * Tn, &st->proj_w, &st->proj_b);
             o->gate_residual(bk, x, h, at(mo, esz, 2 * D), B, Tn, D, ms);
             if (s == 0 && dual) {
                 snprintf(nm, sizeof nm, "mm%d.img.attn2.proj", i);
-                observe(hook, nm, a2, B, N, D);
+                linear_input(hook, nm, a2, B, N, D);
                 o->linear(bk, h, a2, B * N, &st->proj2_w, &st->proj2_b);
                 o->gate_residual(bk, x, h, at(mo, esz, 8 * D), B, N, D, ms);
             }
             o->ln_modulate(bk, h, x, B, Tn, D, at(mo, esz, 3 * D), at(mo, esz, 4 * D), ms, LN_EPS);
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc1", i, sn);
-            observe(hook, nm, h, B, Tn, D);
+            linear_input(hook, nm, h, B, Tn, D);
             o->linear(bk, mlp, h, B * Tn, &st->fc1_w, &st->fc1_b);
             o->act(bk, mlp, mlp, B * Tn * F, ACT_GELU_TANH);
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc2", i, sn);
-            observe(hook, nm, mlp, B, Tn, F);
+            linear_input(hook, nm, mlp, B, Tn, F);
             o->linear(bk, a, mlp, B * Tn, &st->fc2_w, &st->fc2_b);
             o->gate_residual(bk, x, a, at(mo, esz, 5 * D), B, Tn, D, ms);
         }

@@ -77,9 +77,12 @@ struct mmdit {
 // Names: "c", "x_tokens", "ctx_tokens", "block{i}.img", "block{i}.txt", "final_tokens", and the inputs of every
 // quantizable Linear: "mm{i}.{img,txt}.attn.qkv", "mm{i}.{img,txt}.attn.proj", "mm{i}.{img,txt}.mlp.fc1",
 // "mm{i}.{img,txt}.mlp.fc2", "mm{i}.img.attn2.qkv", "mm{i}.img.attn2.proj" (see docs/FORMATS.md).
+// `modify`, when set, is called after `fn` for the Linear inputs only and may change them in place (fake quantization
+// for evaluating an activation-quantization config; host memory, so CPU backend only).
 struct mmdit_hook {
     void * ud;
     void (*fn)(void * ud, const char * name, const void * data, int64_t batch, int64_t rows_per_batch, int64_t cols);
+    void (*modify)(void * ud, const char * name, void * data, int64_t batch, int64_t rows_per_batch, int64_t cols);
 };
 
 // Loads and validates the MMDiT of a component (config from config.json when present, cross-checked with shapes).

@@ -132,7 +132,7 @@ enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_par
         st = err_set(e, SD3Q_ERR_OOM, "out of memory");
         goto done;
     }
-    s->hook = (struct mmdit_hook){col, on_tensor};
+    s->hook = (struct mmdit_hook){col, on_tensor, NULL};
     float ** shift = NULL;  // per layer: the running post-GELU shift
     for (int si = 0; si < tab.n_steps && st == SD3Q_OK; si++) {
         int k = si * stride;
