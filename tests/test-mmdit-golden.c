@@ -74,7 +74,7 @@ static void run_case(const char * dir, const char * model_rel) {
         char label[160];
         snprintf(label, sizeof label, "%s[%s]", strrchr(dir, '/') + 1, ref_ops ? "ref" : "cpu");
         struct hook_ctx hc = {&io, label, 0};
-        s->hook = (struct mmdit_hook){&hc, on_tensor};
+        s->hook = (struct mmdit_hook){.ud = &hc, .fn = on_tensor};
         for (int64_t i = 0; i < n; i++) out[i] = 1e30f;  // poison: every element must be written
         st = sd3q_session_mmdit(s, (int)xs[0], (int)xs[2], (int)xs[3], x, (int)cs[1], ctx, pooled, t, out);
         CHECKF(st == SD3Q_OK, "forward: %s", sd3q_session_last_error(s));
