@@ -305,7 +305,11 @@ enum sd3q_status quant_calibrate(struct sd3q_session * s, const struct calibrate
         }
     }
     int h = p->size / 8, w = p->size / 8, C = info.in_channels;
-    int64_t L = 77 + p->t5_len, D = sd3q_model_context_dim(m), P = sd3q_model_pooled_dim(m), nl = (int64_t)C * h * w;
+    int64_t L = sd3q_model_context_len(m, p->t5_len), D = sd3q_model_context_dim(m), P = sd3q_model_pooled_dim(m), nl = (int64_t)C * h * w;
+    if (L <= 0) {
+        st = err_set(e, SD3Q_ERR_MISSING, "the model cannot encode prompts (text encoders or tokenizers missing)");
+        goto done;
+    }
     ctx = malloc(sizeof(float) * (size_t)(L * D));
     nctx = malloc(sizeof(float) * (size_t)(L * D));
     pooled = malloc(sizeof(float) * (size_t)P);

@@ -85,7 +85,8 @@ enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_par
         goto done;
     }
     int N = man.set.steps, h = man.set.height / 8, w = man.set.width / 8, C = man.set.latent_channels;
-    int64_t L = 77 + man.set.t5_max_length, D = m->cfg.ctx_dim, P = m->cfg.pooled_dim, nl = (int64_t)C * h * w;
+    int64_t L = sd3q_model_context_len(s->model, man.set.t5_max_length), D = m->cfg.ctx_dim, P = m->cfg.pooled_dim, nl = (int64_t)C * h * w;
+    if (L <= 0) L = 77 + man.set.t5_max_length;  // an MMDiT-only model: the stored embeddings decide (shape-checked below)
     if (C != m->cfg.in_ch) {
         st = err_set(e, SD3Q_ERR_SHAPE, "%s: calibration latents have %d channels, the model takes %d", p->calib_dir, C, m->cfg.in_ch);
         goto done;
