@@ -7,6 +7,7 @@
  * vectorises; libm's expf does not.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -31,6 +32,14 @@ static inline float KFN(expf)(float x) {
     return p * s.f;
 }
 
+static float          KFN(f8_lut)[256];
+static pthread_once_t KFN(f8_once) = PTHREAD_ONCE_INIT;
+
+// Fills the F8_E4M3 → f32 table (once).
+static void KFN(f8_init)(void) {
+    for (int i = 0; i < 256; i++) KFN(f8_lut)[i] = f8e4m3_to_f32((uint8_t)i);
+}
+
 static void KFN(to_f32)(enum dtype t, const void * src, float * dst, int64_t n) {
     const uint8_t * p = (const uint8_t *)src;
     if (t == DT_F16) {
@@ -48,13 +57,8 @@ static void KFN(to_f32)(enum dtype t, const void * src, float * dst, int64_t n) 
             memcpy(&dst[i], &bits, 4);
         }
     } else if (t == DT_F8_E4M3) {  // a 256-entry table: the scalar decode is 10× slower than the product it feeds
-        static float lut[256];
-        static int ready;
-        if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-            for (int i = 0; i < 256; i++) lut[i] = f8e4m3_to_f32((uint8_t)i);  // idempotent: a race writes equal values
-            __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-        }
-        for (int64_t i = 0; i < n; i++) dst[i] = lut[p[i]];
+        pthread_once(&KFN(f8_once), KFN(f8_init));
+        for (int64_t i = 0; i < n; i++) dst[i] = KFN(f8_lut)[p[i]];
     } else {
         dtype_to_f32(t, src, dst, n);
     }
