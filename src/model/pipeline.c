@@ -1,0 +1,83 @@
+/*
+ * pipeline.c — text to image, as diffusers' StableDiffusion3Pipeline: encode the prompt and the negative prompt,
+ * start from torch-compatible noise (or a given latent), sample with flow-matching Euler and classifier-free guidance,
+ * undo the latent normalisation (z = x / scaling + shift) and decode with the VAE.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/session.h"
+
+struct sd3q_gen_params sd3q_gen_default_params(void) {
+    struct sd3q_gen_params p;
+    memset(&p, 0, sizeof p);
+    p.negative_prompt = "";
+    p.steps           = 28;
+    p.t5_len          = 256;
+    p.cfg             = 7.0f;
+    p.shift           = 3.0f;
+    return p;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const struct sd3q_gen_params * p, float * image, float * latents,
+                                       struct sd3q_gen_timing * timing) {
+    if (!s) return SD3Q_ERR_INVALID_ARG;
+    err_clear(&s->err);
+    if (!p || !p->prompt || !image) return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "sd3q_session_generate: prompt and image are required");
+    const struct sd3q_model * m = s->model;
+    struct sd3q_mmdit_info info;
+    if (sd3q_model_mmdit_info(m, &info) != SD3Q_OK) return err_set(&s->err, SD3Q_ERR_MISSING, "the model has no MMDiT");
+    if (!sd3q_model_has(m, SD3Q_COMP_VAE)) return err_set(&s->err, SD3Q_ERR_MISSING, "the model has no VAE (pass --vae)");
+    int side = info.sample_size > 0 ? info.sample_size * 8 : 1024;
+    int W = p->width ? p->width : side, H = p->height ? p->height : side;
+    if (W % 16 || H % 16 || W < 16 || H < 16)
+        return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "width and height must be positive multiples of 16 (got %d×%d)", W, H);
+    int L = sd3q_model_context_len(m, p->t5_len);
+    if (L <= 0) return err_set(&s->err, SD3Q_ERR_MISSING, "the model cannot encode prompts: text encoders or tokenizers missing (see --tokenizer-dir)");
+    int h = H / 8, w = W / 8, C = info.in_channels, D = sd3q_model_context_dim(m), P = sd3q_model_pooled_dim(m);
+    int64_t nl = (int64_t)C * h * w;
+    int use_cfg = p->cfg != 1.0f;
+    // working memory for one image: staged here rather than in the arena because it lives across model calls
+    float * ctx = malloc(sizeof(float) * (size_t)L * D * (use_cfg ? 2 : 1));
+    float * pooled = malloc(sizeof(float) * (size_t)P * (use_cfg ? 2 : 1));
+    float * x = malloc(sizeof(float) * (size_t)nl);
+    enum sd3q_status st = SD3Q_OK;
+    if (!ctx || !pooled || !x) {
+        st = err_set(&s->err, SD3Q_ERR_OOM, "out of memory");
+        goto done;
+    }
+    double t0 = now();
+    float * nctx = ctx + (int64_t)L * D, * npooled = pooled + P;
+    if ((st = sd3q_session_encode_prompt(s, p->prompt, p->t5_len, ctx, pooled)) != SD3Q_OK) goto done;
+    if (use_cfg && (st = sd3q_session_encode_prompt(s, p->negative_prompt ? p->negative_prompt : "", p->t5_len, nctx, npooled)) != SD3Q_OK)
+        goto done;
+    if (p->release_text) {  // e.g. 9.5 GB of T5-XXL pages, before the denoising loop needs the memory
+        sd3q_model_release_pages(m, SD3Q_COMP_T5);
+        sd3q_model_release_pages(m, SD3Q_COMP_CLIP_G);
+        sd3q_model_release_pages(m, SD3Q_COMP_CLIP_L);
+    }
+    double t1 = now();
+    if (p->init_noise) memcpy(x, p->init_noise, sizeof(float) * (size_t)nl);
+    else sd3q_randn_torch(p->seed, x, nl);
+    struct sd3q_cond cond = {L, ctx, pooled}, uncond = {L, nctx, npooled};
+    if ((st = sd3q_session_sample(s, h, w, p->steps, p->shift, p->cfg, &cond, use_cfg ? &uncond : NULL, x)) != SD3Q_OK) goto done;
+    if (latents) memcpy(latents, x, sizeof(float) * (size_t)nl);
+    double t2 = now();
+    float scale, vshift;
+    sd3q_model_vae_factors(m, &scale, &vshift);
+    for (int64_t k = 0; k < nl; k++) x[k] = x[k] / scale + vshift;  // model space → VAE space
+    if ((st = sd3q_session_vae_decode(s, 1, h, w, x, image)) != SD3Q_OK) goto done;
+    if (timing) timing->text = t1 - t0, timing->denoise = t2 - t1, timing->decode = now() - t2;
+done:
+    free(ctx);
+    free(pooled);
+    free(x);
+    return st;
+}

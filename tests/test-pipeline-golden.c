@@ -1,0 +1,111 @@
+/*
+ * test-pipeline-golden.c — the whole text-to-image pipeline (sd3q_session_generate) against the reference on the tiny
+ * random diffusers-layout checkpoint in tests/golden/pipeline (prompt and negative prompt from text, injected noise,
+ * 4 steps, CFG 5): final latents within 1e-3 relative error (the issue's bound; we also print the actual error) and
+ * every 8-bit pixel within 2/255; the same for the single-file layout with the F8 T5. Also: bad requests fail cleanly.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/json.h"
+#include "io/png.h"
+#include "io/safetensors.h"
+#include "sd3q.h"
+#include "testutil.h"
+
+#define DIR SD3Q_SOURCE_DIR "/tests/golden/pipeline"
+
+static void run(const char * model_path, const struct st_file * io, const cJSON * g) {
+    struct sd3q_model_params mp = sd3q_model_default_params();
+    mp.path = model_path;
+    if (strstr(model_path, ".safetensors")) mp.tokenizer_dir = DIR;  // single files carry no tokenizer
+    struct sd3q_model * m;
+    char err[1024];
+    enum sd3q_status st = sd3q_model_load(&mp, &m, err, sizeof err);
+    CHECKF(st == SD3Q_OK, "%s: %s", model_path, err);
+    if (st != SD3Q_OK) return;
+    int W = (int)cJSON_GetObjectItem(g, "width")->valuedouble, H = (int)cJSON_GetObjectItem(g, "height")->valuedouble;
+    int t5 = (int)cJSON_GetObjectItem(g, "max_sequence_length")->valuedouble;
+    struct sd3q_session_params sp = sd3q_session_default_params();
+    sp.device = SD3Q_DEVICE_CPU, sp.n_threads = 2, sp.max_batch = 2, sp.max_latent_h = H / 8, sp.max_latent_w = W / 8;
+    sp.max_context = sd3q_model_context_len(m, t5);
+    struct sd3q_session * s;
+    st = sd3q_session_init(m, &sp, &s, err, sizeof err);
+    CHECKF(st == SD3Q_OK, "%s", err);
+    if (st != SD3Q_OK) {
+        sd3q_model_free(m);
+        return;
+    }
+    struct sd3q_errbuf e;
+    int64_t ns[4] = {1, 16, H / 8, W / 8}, ls[4] = {1, 16, H / 8, W / 8}, is[4] = {1, 3, H, W};
+    float * noise = st_read_f32(io, "noise", 4, ns, &e), * lref = st_read_f32(io, "latents", 4, ls, &e);
+    float * iref = st_read_f32(io, "image", 4, is, &e);
+    SD3Q_ASSERT(noise && lref && iref);
+    struct sd3q_gen_params gp = sd3q_gen_default_params();
+    gp.prompt = cJSON_GetObjectItem(g, "prompt")->valuestring;
+    gp.negative_prompt = cJSON_GetObjectItem(g, "negative_prompt")->valuestring;
+    gp.width = W, gp.height = H, gp.t5_len = t5;
+    gp.steps = (int)cJSON_GetObjectItem(g, "steps")->valuedouble;
+    gp.cfg = (float)cJSON_GetObjectItem(g, "guidance")->valuedouble;
+    gp.shift = (float)cJSON_GetObjectItem(g, "shift")->valuedouble;
+    gp.init_noise = noise;
+    float * img = malloc(sizeof(float) * 3 * (size_t)W * H), * lat = malloc(sizeof(float) * 16 * (size_t)(H / 8) * (W / 8));
+    for (int64_t i = 0; i < 3LL * W * H; i++) img[i] = NAN;  // poison
+    st = sd3q_session_generate(s, &gp, img, lat, NULL);
+    CHECKF(st == SD3Q_OK, "generate: %s", sd3q_session_last_error(s));
+    char label[256];
+    snprintf(label, sizeof label, "%s latents", strrchr(model_path, '/') + 1);
+    check_tensor(label, lat, lref, 16LL * (H / 8) * (W / 8), 1e-3);
+    snprintf(label, sizeof label, "%s image", strrchr(model_path, '/') + 1);
+    check_tensor(label, img, iref, 3LL * W * H, 1e-3);
+    uint8_t * a = malloc(3 * (size_t)W * H), * b = malloc(3 * (size_t)W * H);
+    image_to_rgb8(img, W, H, a);
+    image_to_rgb8(iref, W, H, b);
+    int worst = 0;
+    for (int64_t i = 0; i < 3LL * W * H; i++) worst = abs(a[i] - b[i]) > worst ? abs(a[i] - b[i]) : worst;
+    printf("%s: largest 8-bit pixel difference %d/255\n", model_path, worst);
+    CHECKF(worst <= 2, "pixel difference %d/255 > 2/255", worst);
+    // bad requests: odd size, too large for the session, no prompt
+    gp.width = W + 8;
+    CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) == SD3Q_ERR_INVALID_ARG && strstr(sd3q_session_last_error(s), "16"));
+    gp.width = 2 * W;
+    CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) != SD3Q_OK && strlen(sd3q_session_last_error(s)) > 0);
+    gp.width = W, gp.prompt = NULL;
+    CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) == SD3Q_ERR_INVALID_ARG);
+    free(a), free(b), free(img), free(lat), free(noise), free(lref), free(iref);
+    sd3q_session_free(s);
+    sd3q_model_free(m);
+}
+
+int main(void) {
+    cJSON * g;
+    struct sd3q_errbuf e;
+    SD3Q_ASSERT(json_load(DIR "/golden.json", &g, &e) == SD3Q_OK);
+    struct st_file io;
+    SD3Q_ASSERT(st_open(DIR "/io.safetensors", &io, &e) == SD3Q_OK);
+    run(DIR, &io, g);
+    run(SD3Q_SOURCE_DIR "/tests/golden/single_file/sd3_tiny_incl_clips_t5xxlfp8.safetensors", &io, g);
+    // a model without a VAE cannot generate
+    struct sd3q_model_params mp = sd3q_model_default_params();
+    mp.path = SD3Q_SOURCE_DIR "/tests/golden/mmdit/sd3_single_f16/model.safetensors";
+    struct sd3q_model * m;
+    char err[256];
+    if (sd3q_model_load(&mp, &m, err, sizeof err) == SD3Q_OK) {
+        struct sd3q_session_params sp = sd3q_session_default_params();
+        sp.device = SD3Q_DEVICE_CPU, sp.max_latent_h = sp.max_latent_w = 8, sp.max_context = 16;
+        struct sd3q_session * s;
+        if (sd3q_session_init(m, &sp, &s, err, sizeof err) == SD3Q_OK) {
+            struct sd3q_gen_params gp = sd3q_gen_default_params();
+            gp.prompt = "x", gp.width = gp.height = 64;
+            float img[3 * 64 * 64];
+            CHECK(sd3q_session_generate(s, &gp, img, NULL, NULL) == SD3Q_ERR_MISSING && strstr(sd3q_session_last_error(s), "VAE"));
+            sd3q_session_free(s);
+        }
+        sd3q_model_free(m);
+    }
+    st_close(&io);
+    cJSON_Delete(g);
+    return test_finish("test-pipeline-golden");
+}
