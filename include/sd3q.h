@@ -148,6 +148,8 @@ struct sd3q_session_params {
     int32_t          max_latent_w;  // latent columns
     int32_t          max_context;   // text tokens entering the MMDiT (77 + T5 length)
     int32_t          profile;       // 1: time every backend op (see sd3q_session_profile)
+    int32_t          vae_tile;      // VAE tile side in latent pixels (0: 64, i.e. 512² images); the VAE is planned
+                                    // for min(vae_tile, max_latent) and larger images are decoded/encoded in tiles
 };
 
 // Returns defaults: AUTO device, all threads, batch 2, 128×128 latent, 333 context tokens.
@@ -179,6 +181,112 @@ SD3Q_API void sd3q_session_set_progress(struct sd3q_session * s, sd3q_progress_f
 SD3Q_API enum sd3q_status sd3q_session_mmdit(struct sd3q_session * s, int n, int h, int w, const float * x,
                                              int n_ctx, const float * context, const float * pooled,
                                              const float * timestep, float * out);
+
+// ---- text ------------------------------------------------------------------------------------------------------
+
+// Tokenizes `text` with the tokenizer of encoder `enc` (SD3Q_COMP_CLIP_L, SD3Q_COMP_CLIP_G or SD3Q_COMP_T5) into ids
+// (capacity max_len): BOS/EOS as the tokenizer defines, truncated to max_len, padded to max_len when pad != 0 with the
+// tokenizer's pad id. *n_out receives the count written. The model must have the tokenizer (diffusers folder, or
+// --tokenizer-dir for single files).
+SD3Q_API enum sd3q_status sd3q_model_tokenize(const struct sd3q_model * model, enum sd3q_component enc, const char * text,
+                                              int max_len, int pad, int32_t * ids, int * n_out, char * err, size_t err_size);
+
+// Width of the MMDiT context rows the prompt encoding produces (the T5 width; 4096 for SD3; without T5 the MMDiT's
+// joint_attention_dim, as diffusers) and of the pooled vector (CLIP-L width + CLIP-G projection; 2048). 0 when the
+// text encoders are missing (both CLIPs are needed; without T5 also an MMDiT, for the width).
+SD3Q_API int sd3q_model_context_dim(const struct sd3q_model * model);
+SD3Q_API int sd3q_model_pooled_dim(const struct sd3q_model * model);
+
+// Number of context rows sd3q_session_encode_prompt writes for a T5 length: 77 + t5_len, or 77 + 77 when the model
+// has no T5 (diffusers then uses 77 zero rows whatever max_sequence_length is). 0 when the text encoders are missing
+// or t5_len is out of range.
+SD3Q_API int sd3q_model_context_len(const struct sd3q_model * model, int t5_len);
+
+// Encodes a prompt exactly as diffusers' StableDiffusion3Pipeline.encode_prompt: context [sd3q_model_context_len
+// rows, context_dim] (77 rows of CLIP-L ‖ CLIP-G penultimate states zero-padded to the context width, then t5_len rows
+// of T5 states — the prompt tokenised, truncated and padded to t5_len as with max_sequence_length = t5_len; without
+// T5 in the model 77 zero rows, with a notice on stderr once per session) and pooled [pooled_dim] (CLIP-L pooled ‖
+// CLIP-G projected). The negative prompt of classifier-free guidance is a second call ("" is a valid prompt). The
+// session must have been planned for max_context ≥ the row count. Needs the tokenizers (diffusers folder or
+// --tokenizer-dir).
+SD3Q_API enum sd3q_status sd3q_session_encode_prompt(struct sd3q_session * s, const char * prompt, int t5_len, float * context,
+                                                     float * pooled);
+
+// Drops the resident pages of component c's weights (madvise MADV_DONTNEED over their memory-mapped ranges), e.g. the
+// 9.5 GB of T5-XXL after the prompts are encoded. The model does not change: the pages are read back from the file if
+// the component runs again. Safe while no call of any session uses that component.
+SD3Q_API enum sd3q_status sd3q_model_release_pages(const struct sd3q_model * model, enum sd3q_component c);
+
+// ---- VAE --------------------------------------------------------------------------------------------------------
+
+// The VAE's latent normalisation (config.json scaling_factor / shift_factor; SD3: 1.5305, 0.0609; single files carry
+// no config and get SD3's values). SD3Q_ERR_MISSING when the model has no VAE.
+SD3Q_API enum sd3q_status sd3q_model_vae_factors(const struct sd3q_model * model, float * scaling, float * shift);
+
+// VAE hyper-parameters, from vae/config.json or inferred from tensor shapes.
+struct sd3q_vae_info {
+    int32_t latent_channels;  // C of the latents (16)
+    int32_t factor;           // image pixels per latent pixel along each axis (8)
+    int32_t has_encoder;      // the checkpoint has the encoder (needed by sd3q_session_vae_encode)
+    int32_t has_decoder;      // ... the decoder
+    float   scaling, shift;   // as sd3q_model_vae_factors
+};
+
+// Fills *info; SD3Q_ERR_MISSING when the model has no VAE.
+SD3Q_API enum sd3q_status sd3q_model_vae_info(const struct sd3q_model * model, struct sd3q_vae_info * info);
+
+// Decodes latents [n, C, h, w] in the VAE's own latent space (no scaling/shift) into images [n, 3, 8h, 8w] in about
+// [-1, 1] (not clamped). Any size: a latent larger than the session's VAE tile (params.vae_tile, at most the planned
+// maximum latent) is decoded in overlapping tiles blended with linear ramps across each overlap, so memory stays
+// bounded and there are no seams, but the result differs from a one-piece decode (GroupNorm statistics and the mid
+// attention see one tile; diffusers' tiled decoding behaves the same). A tile at least as large as the latent gives
+// the one-piece result. Batch elements are decoded one after the other.
+SD3Q_API enum sd3q_status sd3q_session_vae_decode(struct sd3q_session * s, int n, int h, int w, const float * latents,
+                                                  float * image);
+
+// Encodes images [n, 3, H, W] in [-1, 1] (H, W multiples of 8) into the latent mean [n, C, H/8, W/8] (VAE space);
+// logvar (may be NULL) receives the log-variance clamped to [-30, 20]. Tiled like decoding (the moments are blended).
+// The model-space latent is (mean − shift)·scaling (sd3q_model_vae_factors).
+SD3Q_API enum sd3q_status sd3q_session_vae_encode(struct sd3q_session * s, int n, int H, int W, const float * image,
+                                                  float * mean, float * logvar);
+
+// ---- noise ------------------------------------------------------------------------------------------------------
+
+// Fills out[0..n) with the values torch.randn(n, generator=torch.Generator("cpu").manual_seed(seed)) produces, bit
+// for bit (mt19937 and torch's normal sampling), so a seed starts from the same latent as diffusers: randn of a shape
+// [1,16,h,w] is randn of its element count. Matches float32 torch on x86-64 (its AVX2 kernel, also used on AVX-512
+// machines; checked against torch 2.5.1); the seed's low 32 bits are used, as torch does.
+SD3Q_API void sd3q_randn_torch(uint64_t seed, float * out, int64_t n);
+
+// ---- pipeline -----------------------------------------------------------------------------------------------------
+
+// Text-to-image settings (diffusers' StableDiffusion3Pipeline defaults from sd3q_gen_default_params).
+struct sd3q_gen_params {
+    const char *  prompt;
+    const char *  negative_prompt;  // "" by default
+    int32_t       width, height;    // multiples of 16 (0: the model's sample size × 8, 1024 for SD3)
+    int32_t       steps;            // 28
+    int32_t       t5_len;           // T5 tokens (256 as diffusers)
+    float         cfg;              // 7.0; 1 disables the unconditional pass
+    float         shift;            // 3.0
+    uint64_t      seed;             // noise = torch.randn([1, C, h, w], Generator("cpu").manual_seed(seed))
+    const float * init_noise;       // or this starting latent [1, C, h, w] (diffusers' latents=), NULL: from the seed
+    int32_t       release_text;     // 1: drop the text encoders' pages once the prompts are encoded
+};
+
+// Returns the defaults (prompt NULL, negative "", size 0 = the model's, 28 steps, T5 256, CFG 7, shift 3, seed 0).
+SD3Q_API struct sd3q_gen_params sd3q_gen_default_params(void);
+
+// Seconds spent in each stage of the last sd3q_session_generate call.
+struct sd3q_gen_timing {
+    double text, denoise, decode;
+};
+
+// Generates one image: encodes the prompts, samples (flow-matching Euler with CFG, batch order [uncond, cond] as
+// diffusers), decodes. image [3, H, W] in about [-1, 1]; latents (may be NULL) [C, H/8, W/8] receives the final
+// latent in model space (before the VAE's scaling and shift). timing may be NULL.
+SD3Q_API enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const struct sd3q_gen_params * p, float * image,
+                                                float * latents, struct sd3q_gen_timing * timing);
 
 // ---- sampler --------------------------------------------------------------------------------------------------
 

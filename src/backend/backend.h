@@ -40,7 +40,7 @@ enum act_kind {
 // Options of an attention call (NULL: none of them).
 struct attn_opts {
     int          causal;  // key j is visible to query i only when j ≤ i (CLIP); single segment only
-    const void * bias;    // [NH, Lq, Lk] added to the scaled logits (T5 relative position bias), or NULL
+    const void * bias;    // [NH, Lq, Lk] activation buffer added to the scaled logits (T5 position bias), or NULL
 };
 
 struct backend_ops {
@@ -135,6 +135,15 @@ struct backend_ops {
 
     // Waits until queued work is done (NULL for synchronous backends).
     void (*sync)(struct backend * bk);
+
+    // Makes device copies of n weights ahead of use, as residency group `group` (an enum sd3q_component), so that
+    // no forward pass allocates or copies weights. NULL for backends that read weights in place. A weight used
+    // without being prepared is copied on first use (group -1). A weight's bytes must not change while a copy is held.
+    enum sd3q_status (*prepare)(struct backend * bk, int group, const struct wt * const * w, int64_t n);
+
+    // Frees the device copies of group `group`'s weights (-1: those copied on first use); a later prepare or use
+    // copies them again. This is the residency policy's lever: keep only the running component on a small card.
+    void (*release)(struct backend * bk, int group);
 };
 
 struct backend {

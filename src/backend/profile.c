@@ -43,8 +43,19 @@ static void w_free(struct backend * b) {
 static size_t w_act_size(const struct backend * b) { return ((const struct prof_backend *)b)->in->ops->act_size(((const struct prof_backend *)b)->in); }
 static void * w_arena_alloc(struct backend * b, size_t n) { return pb(b)->in->ops->arena_alloc(pb(b)->in, n); }
 static void w_arena_free(struct backend * b, void * q) { pb(b)->in->ops->arena_free(pb(b)->in, q); }
-static enum sd3q_status w_upload(struct backend * b, void * d, const float * s, int64_t n) { return pb(b)->in->ops->upload(pb(b)->in, d, s, n); }
-static enum sd3q_status w_download(struct backend * b, float * d, const void * s, int64_t n) { return pb(b)->in->ops->download(pb(b)->in, d, s, n); }
+// The inner backend, after handing it the wrapper's error buffer (set by the session after wrapping).
+static struct backend * inner(struct backend * b) {
+    pb(b)->in->err = b->err;
+    return pb(b)->in;
+}
+static enum sd3q_status w_upload(struct backend * b, void * d, const float * s, int64_t n) { return inner(b)->ops->upload(inner(b), d, s, n); }
+static enum sd3q_status w_download(struct backend * b, float * d, const void * s, int64_t n) { return inner(b)->ops->download(inner(b), d, s, n); }
+static enum sd3q_status w_prepare(struct backend * b, int group, const struct wt * const * w, int64_t n) {
+    return inner(b)->ops->prepare ? inner(b)->ops->prepare(inner(b), group, w, n) : SD3Q_OK;
+}
+static void w_release(struct backend * b, int group) {
+    if (inner(b)->ops->release) inner(b)->ops->release(inner(b), group);
+}
 
 static void w_linear(struct backend * b, void * y, const void * x, int64_t M, const struct wt * w, const struct wt * bias) {
     WRAP_BEGIN(b)
@@ -163,7 +174,7 @@ static const struct backend_ops prof_ops = {
     .attention = w_attn, .gelu_tanh = w_gelu, .silu = w_silu, .gate_residual = w_gate, .add = w_add,
     .patchify = w_patchify, .add_pos_embed = w_pos, .unpatchify = w_unpatchify, .act = w_act, .gated_act = w_gated,
     .layernorm = w_layernorm, .rmsnorm = w_rmsnorm, .conv2d = w_conv, .group_norm = w_gn, .upsample2x = w_up,
-    .transpose = w_tr, .sync = w_sync,
+    .transpose = w_tr, .sync = w_sync, .prepare = w_prepare, .release = w_release,
 };
 
 struct backend * backend_profile_wrap(struct backend * inner) {

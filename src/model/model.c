@@ -2,6 +2,8 @@
  * model.c — loading, describing and freeing the model object (public API in sd3q.h).
  */
 #include "model/model.h"
+#include "model/text.h"
+#include "model/vae-api.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +39,8 @@ enum sd3q_status sd3q_model_load(const struct sd3q_model_params * params, struct
     if (m->ck.comp[SD3Q_COMP_MMDIT].present &&
         (st = mmdit_load(&m->ck.comp[SD3Q_COMP_MMDIT], params->allow_extra, &m->mmdit, &e)) != SD3Q_OK)
         goto done;
+    if ((st = text_load(m, params, &e)) != SD3Q_OK) goto done;
+    if ((st = vae_model_load(m, params->allow_extra, &e)) != SD3Q_OK) goto done;
     *out = m;
     m = NULL;
 done:
@@ -48,6 +52,8 @@ done:
 void sd3q_model_free(struct sd3q_model * m) {
     if (!m) return;
     mmdit_free(m->mmdit);
+    text_free(m);
+    vae_model_free(m);
     ckpt_close(&m->ck);
     free(m);
 }
@@ -132,6 +138,16 @@ size_t sd3q_model_describe(const struct sd3q_model * m, int tensors, char * buf,
                       mc->ctx_dim, mc->pooled_dim, mc->mlp_hidden, mc->qk_norm ? "rms" : "none", mc->n_dual);
             if (mc->sample_size) sb_printf(&b, ", sample size %d", mc->sample_size);
             sb_printf(&b, "\n");
+        }
+        if (k >= SD3Q_COMP_CLIP_L && k <= SD3Q_COMP_T5) {
+            char line[1024];
+            text_describe(m, (enum sd3q_component)k, line, sizeof line);
+            sb_printf(&b, "%s", line);
+        }
+        if (k == SD3Q_COMP_VAE) {
+            char line[1024];
+            vae_describe(m, line, sizeof line);
+            sb_printf(&b, "%s", line);
         }
         if (tensors)
             for (int i = 0; i < c->n; i++) {

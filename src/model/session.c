@@ -12,6 +12,9 @@
 #include <string.h>
 
 #include "backend/profile.h"
+#ifdef SD3Q_HAVE_CUDA
+#include "backend/cuda/cuda-backend.h"
+#endif
 #include "model/scheduler.h"
 #include "model/text.h"
 #include "model/vae-api.h"
@@ -53,6 +56,42 @@ static void take_io(struct sd3q_session * s, struct mmdit_io * io, int B, int h,
     SD3Q_ASSERT(io->x && io->context && io->pooled && io->tfreq && io->out);
 }
 
+struct wlist {
+    const struct wt ** w;
+    int64_t            n, cap;
+};
+
+// Appends a weight to a growable list (cap −1 marks an allocation failure).
+static void wlist_add(void * ud, const struct wt * w) {
+    struct wlist * l = ud;
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 256;
+        const struct wt ** p = realloc(l->w, sizeof(*p) * (size_t)cap);
+        if (!p) {
+            l->cap = -1;  // out of memory: reported by the caller
+            return;
+        }
+        l->w = p, l->cap = cap;
+    }
+    if (l->cap > 0) l->w[l->n++] = w;
+}
+
+// See session.h.
+enum sd3q_status session_prepare_weights(struct sd3q_session * s, int group,
+                                         void (*for_each)(const void * obj, void (*fn)(void * ud, const struct wt * w), void * ud),
+                                         const void * obj, struct sd3q_errbuf * e) {
+    if (!s->bk->ops->prepare) return SD3Q_OK;  // backends that read the mapped weights in place
+    struct wlist l = {0};
+    for_each(obj, wlist_add, &l);
+    enum sd3q_status st = l.cap < 0 ? err_set(e, SD3Q_ERR_OOM, "out of memory") : s->bk->ops->prepare(s->bk, group, l.w, l.n);
+    if (st != SD3Q_OK && l.cap >= 0) err_set(e, st, "%s", s->err.msg);
+    free(l.w);
+    return st;
+}
+
+// mmdit_for_each_weight with the signature session_prepare_weights takes.
+static void mmdit_weights(const void * m, void (*fn)(void * ud, const struct wt * w), void * ud) { mmdit_for_each_weight(m, fn, ud); }
+
 enum sd3q_status sd3q_session_init(const struct sd3q_model * model, const struct sd3q_session_params * params,
                                    struct sd3q_session ** out, char * err, size_t err_size) {
     return session_create(model, params, 0, out, err, err_size);
@@ -79,8 +118,14 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
         st = err_set(&e, SD3Q_ERR_INVALID_ARG, "VAE tile %d out of range [0 (default), 4096]", params->vae_tile);
         goto done;
     }
-    if (params->device == SD3Q_DEVICE_CUDA) {
-        st = err_set(&e, SD3Q_ERR_UNSUPPORTED, "--device cuda: this build has no CUDA backend");
+    // device: CUDA when asked for (an error without one), or for AUTO when built with it and a GPU is present
+    int use_cuda = 0;
+#ifdef SD3Q_HAVE_CUDA
+    use_cuda = !ref && (params->device == SD3Q_DEVICE_CUDA || (params->device == SD3Q_DEVICE_AUTO && backend_cuda_available()));
+#endif
+    if (params->device == SD3Q_DEVICE_CUDA && !use_cuda) {
+        st = err_set(&e, SD3Q_ERR_UNSUPPORTED, "--device cuda: %s", ref ? "the scalar reference runs on the CPU only"
+                                                                          : "this build has no CUDA backend");
         goto done;
     }
     s = calloc(1, sizeof(*s));
@@ -101,7 +146,10 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
     text_plan_backend(model, params->max_context, &d.max_k, &d.max_n, &max_tokens);
     vae_plan_backend(model, params, &d.max_k, &d.max_n, &max_tokens);
     struct backend_plan plan = {params->n_threads, d.max_k, d.max_n, max_tokens, s->force_ref};
-    if ((st = backend_cpu_create(&plan, &s->bk, &e)) != SD3Q_OK) goto done;
+#ifdef SD3Q_HAVE_CUDA
+    if (use_cuda && (st = backend_cuda_create(&plan, &s->bk, &e)) != SD3Q_OK) goto done;
+#endif
+    if (!use_cuda && (st = backend_cpu_create(&plan, &s->bk, &e)) != SD3Q_OK) goto done;
     if (params->profile) {
         struct backend * w = backend_profile_wrap(s->bk);
         if (!w) {
@@ -111,6 +159,7 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
         s->bk = w;
     }
     s->bk->err = &s->err;
+    if (m && (st = session_prepare_weights(s, SD3Q_COMP_MMDIT, mmdit_weights, m, &e)) != SD3Q_OK) goto done;
 
     // planning pass: the same allocations as a real call, on a measuring arena
     size_t bytes = 0;
@@ -220,7 +269,7 @@ enum sd3q_status sd3q_session_mmdit(struct sd3q_session * s, int n, int h, int w
         (st = o->upload(s->bk, (void *)io.pooled, pooled, (int64_t)n * c->pooled_dim)) != SD3Q_OK ||
         (st = upload_tfreq(s, (void *)io.tfreq, timestep, n)) != SD3Q_OK)
         goto done;
-    mmdit_forward(s->model->mmdit, s->bk, &s->ar, &io, s->hook.fn ? &s->hook : NULL);
+    mmdit_forward(s->model->mmdit, s->bk, &s->ar, &io, (s->hook.fn || s->hook.modify) ? &s->hook : NULL);
     st = o->download(s->bk, out, io.out, (int64_t)n * c->out_ch * h * w);
 done:
     arena_rewind(&s->ar, mark);
@@ -276,7 +325,7 @@ enum sd3q_status session_sample(struct sd3q_session * s, int h, int w, int steps
             st = o->upload(s->bk, (uint8_t *)io.x + (size_t)b * nl * o->act_size(s->bk), latents, nl);
         if (st == SD3Q_OK) st = upload_tfreq(s, (void *)io.tfreq, t, B);
         if (st != SD3Q_OK) break;
-        mmdit_forward(s->model->mmdit, s->bk, &s->ar, &io, s->hook.fn ? &s->hook : NULL);
+        mmdit_forward(s->model->mmdit, s->bk, &s->ar, &io, (s->hook.fn || s->hook.modify) ? &s->hook : NULL);
         if ((st = o->download(s->bk, s->host_v, io.out, B * nl)) != SD3Q_OK) break;
         // CFG v = v_u + w·(v_c − v_u), then Euler x ← x + (σ' − σ)·v, in float32 as the scheduler does
         float dt = sigmas[i + 1] - sigma;

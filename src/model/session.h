@@ -24,11 +24,19 @@ struct sd3q_session {
     float *                    host_text; // staging: input embeddings, one head's T5 bias, CLIP hidden states
     int32_t *                  host_ids;  // token ids of the prompt being encoded
     int                        t5_notice; // 1 once the "no T5 in the model" notice was printed
+    unsigned                   text_prepared; // bit c: encoder c's weights were given to the backend (prepare)
     // VAE (src/model/vae-api.c)
     int                        vae_th;    // planned VAE tile, latent rows (0: no VAE)
     int                        vae_tw;    // planned VAE tile, latent columns
     float *                    host_vae;  // staging: one tile's latent and image
+    int                        vae_prepared; // 1: the VAE's weights were given to the backend (prepare)
 };
+
+// Copies a component's weights to the backend ahead of use as residency group `group` (enum sd3q_component), when
+// the backend keeps its own copies (CUDA); for_each(obj, fn, ud) calls fn for every weight (e.g. mmdit_for_each_weight).
+enum sd3q_status session_prepare_weights(struct sd3q_session * s, int group,
+                                         void (*for_each)(const void * obj, void (*fn)(void * ud, const struct wt * w), void * ud),
+                                         const void * obj, struct sd3q_errbuf * e);
 
 // sd3q_session_init with the choice of the scalar reference backend (ref = 1), for tests and op comparisons.
 enum sd3q_status session_create(const struct sd3q_model * model, const struct sd3q_session_params * params, int ref,

@@ -3,6 +3,7 @@
  * quantizable Linear's input, replayed from calibration latents) and `sd3q analyze` (the activation config: HTG
  * timestep groups, clip ranges, steps, zero points, post-GELU shifts, outlier divisors; optionally multi-tier).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,9 @@
 #include "quant/calibfile.h"
 #include "quant/calibrate.h"
 #include "quant/collect.h"
+#include "quant/evalq.h"
+#include "quant/adherence.h"
+#include "io/fileutil.h"
 
 static double now(void) {
     struct timespec t;
@@ -229,4 +233,170 @@ int cmd_analyze(int argc, char ** argv) {
     actcfg_free(&cfg);
     stats_free(&t);
     return 0;
+}
+
+// Reads up to max non-empty lines of a text file (the captions); returns the count.
+static int read_lines(const char * path, char ** text, char *** lines, int max) {
+    struct sd3q_errbuf e;
+    size_t n;
+    if (read_file(path, 16u << 20, text, &n, &e) != SD3Q_OK) {
+        fprintf(stderr, "sd3q quant-eval: %s\n", e.msg);
+        return -1;
+    }
+    *lines = malloc(sizeof(char *) * (size_t)(max > 0 ? max : 1));
+    int k = 0;
+    char * save = NULL;
+    for (char * l = strtok_r(*text, "\r\n", &save); l && k < max; l = strtok_r(NULL, "\r\n", &save))
+        if (*l && *l != '#') (*lines)[k++] = l;  // '#' starts a comment line
+    return k;
+}
+
+// Adherence adapter for the coloured-shapes domain: 1/0, or 0 when the caption is outside the grammar.
+static int shapes_adherent(const uint8_t * rgb, int w, int h, const char * caption) {
+    struct adherence_result r;
+    return adherence_check(rgb, w, h, caption, &r) == 0 && r.ok;
+}
+
+int cmd_quant_eval(int argc, char ** argv) {
+    struct model_opts mo;
+    const char * prompts = NULL, * config = NULL, * stats = NULL, * out = NULL, * json = NULL;
+    int64_t num = 8, steps = 28, size = 0, seed = 0, t5 = 256, groups = 0;
+    double cfg = 7.0, shift = 3.0;
+    struct opt opts[MODEL_OPTS_N + 13];
+    model_opts_add(&mo, opts);
+    struct opt own[] = {
+        {"--prompts", OPT_STR, &prompts, "captions, one per line (the tiny model's held-out set: tools/train_tiny/captions_heldout.txt)", 0, 0, 1, 0},
+        {"--num-images", OPT_INT, &num, "images per scheme (the first N captions; default 8)", 1, 100000, 0, 0},
+        {"--config", OPT_STR, &config, "evaluate this activation config (from sd3q analyze)", 0, 0, 0, 0},
+        {"--stats", OPT_STR, &stats, "evaluate per-timestep-group and one-scale-per-layer configs built from these statistics", 0, 0, 0, 0},
+        {"--time-groups", OPT_INT, &groups, "groups for the --stats config (default: as sd3q analyze)", 1, ACTCFG_MAX_GROUPS, 0, 0},
+        {"--steps", OPT_INT, &steps, "denoising steps (default 28)", 1, 1000, 0, 0},
+        {"--size", OPT_INT, &size, "image side (default: the model's)", 16, 4096, 0, 0},
+        {"--cfg", OPT_FLOAT, &cfg, "guidance scale (default 7.0)", 0, 100, 0, 0},
+        {"--shift", OPT_FLOAT, &shift, "time shift (default 3.0)", 0.01, 100, 0, 0},
+        {"--seed", OPT_INT, &seed, "image i uses seed + i (default 0)", 0, 9007199254740991.0, 0, 0},
+        {"--t5-max-length", OPT_INT, &t5, "T5 tokens (default 256)", 1, 4096, 0, 0},
+        {"--out", OPT_STR, &out, "write every image here (<scheme>_NNNN.png)", 0, 0, 0, 0},
+        {"--json", OPT_STR, &json, "write the results table as JSON", 0, 0, 0, 0},
+    };
+    memcpy(opts + MODEL_OPTS_N, own, sizeof own);
+    int nopt = MODEL_OPTS_N + 13;
+    int r = args_parse(argc, argv, 2, "quant-eval",
+                       "Generate the same images with full-precision activations and with fake-quantized Linear inputs (weights in\n"
+                       "full precision), and report PSNR and SSIM against full precision and the prompt-adherence rate: a static\n"
+                       "config with timestep groups, one static scale per layer, and dynamic per-token A8.",
+                       opts, nopt, NULL, 0, NULL, NULL);
+    if (r) return r == 1 ? 0 : 2;
+    char * text = NULL, ** lines = NULL;
+    int n = read_lines(prompts, &text, &lines, (int)num);
+    if (n <= 0) {
+        if (n == 0) fprintf(stderr, "sd3q quant-eval: %s holds no captions\n", prompts);
+        free(text);
+        free(lines);
+        return 1;
+    }
+    int rc = 1, ncfg = 0;
+    struct actcfg cfgs[3];
+    struct evalq_scheme sch[5];
+    int ns = 0;
+    struct sd3q_model * m = NULL;
+    struct sd3q_session * s = NULL;
+    struct sd3q_errbuf e;
+    sch[ns++] = (struct evalq_scheme){"fp", EVALQ_FP, NULL, 0, 0, 0, 0, 0};
+    if (stats) {
+        struct stats_table t;
+        if (stats_read(stats, &t, &e) != SD3Q_OK) {
+            fprintf(stderr, "sd3q quant-eval: %s\n", e.msg);
+            goto done;
+        }
+        int g = groups ? (int)groups : (t.n_steps / 10 > 1 ? t.n_steps / 10 : 1);
+        if (g < 2 && t.n_steps >= 2) g = 2;
+        enum sd3q_status st = actcfg_build(&t, g, CLIP_ABSMAX, 0, 6, 10, 5, 8, &cfgs[ncfg], &e);
+        if (st == SD3Q_OK) {
+            sch[ns++] = (struct evalq_scheme){"a8-static-groups", EVALQ_STATIC, &cfgs[ncfg++], 8, 0, 0, 0, 0};
+            st = actcfg_build(&t, 1, CLIP_ABSMAX, 0, 6, 10, 5, 8, &cfgs[ncfg], &e);
+            if (st == SD3Q_OK) sch[ns++] = (struct evalq_scheme){"a8-static-layer", EVALQ_STATIC, &cfgs[ncfg++], 8, 0, 0, 0, 0};
+        }
+        stats_free(&t);
+        if (st != SD3Q_OK) {
+            fprintf(stderr, "sd3q quant-eval: %s\n", e.msg);
+            goto done;
+        }
+    }
+    if (config) {
+        if (actcfg_read(config, &cfgs[ncfg], &e) != SD3Q_OK) {
+            fprintf(stderr, "sd3q quant-eval: %s\n", e.msg);
+            goto done;
+        }
+        sch[ns++] = (struct evalq_scheme){"config", EVALQ_STATIC, &cfgs[ncfg++], 8, 0, 0, 0, 0};
+    }
+    sch[ns++] = (struct evalq_scheme){"a8-dynamic-token", EVALQ_DYNAMIC, NULL, 8, 0, 0, 0, 0};
+    if (!(m = model_opts_load(&mo, "quant-eval"))) goto done;
+    struct sd3q_mmdit_info info;
+    if (sd3q_model_mmdit_info(m, &info) != SD3Q_OK) {
+        fprintf(stderr, "sd3q quant-eval: the model has no MMDiT\n");
+        goto done;
+    }
+    if (!size) size = info.sample_size > 0 ? info.sample_size * 8 : 1024;
+    if (size % 16) {
+        fprintf(stderr, "sd3q quant-eval: --size must be a multiple of 16\n");
+        rc = 2;
+        goto done;
+    }
+    struct sd3q_session_params sp;
+    if ((rc = model_opts_session(&mo, "quant-eval", &sp)) != 0) goto done;
+    rc = 1;
+    sp.device = SD3Q_DEVICE_CPU;  // fake quantization edits activations in host memory
+    sp.max_batch = 2, sp.max_latent_h = (int)size / 8, sp.max_latent_w = (int)size / 8, sp.max_context = 77 + (int)t5;
+    char err[1024];
+    if (sd3q_session_init(m, &sp, &s, err, sizeof err) != SD3Q_OK) {
+        fprintf(stderr, "sd3q quant-eval: %s\n", err);
+        goto done;
+    }
+    struct adherence_result probe;
+    int domain = adherence_parse_caption(lines[0], &probe) == 0;
+    struct progress pr;
+    progress_begin(&pr, "quant-eval", n * ns, 0, 0);
+    pr.unit = "images";
+    struct evalq_params ep = {(const char * const *)lines, n, (int)steps, (int)size, (int)size, (int)t5, cfg, shift, seed, out,
+                              domain ? shapes_adherent : NULL, progress_callback, &pr};
+    double t0 = now();
+    enum sd3q_status st = quant_evaluate(s, &ep, sch, ns, &e);
+    progress_end(&pr);
+    if (st != SD3Q_OK) {
+        fprintf(stderr, "sd3q quant-eval: %s\n", e.msg);
+        goto done;
+    }
+    printf("| scheme | PSNR vs FP (dB) | SSIM vs FP | prompt adherence |\n|---|---|---|---|\n");
+    for (int k = 0; k < ns; k++) {
+        char ps[32], ad[32];
+        if (isinf(sch[k].psnr)) snprintf(ps, sizeof ps, "∞");
+        else snprintf(ps, sizeof ps, "%.2f", sch[k].psnr);
+        if (isnan(sch[k].adherence)) snprintf(ad, sizeof ad, "n/a");
+        else snprintf(ad, sizeof ad, "%.1f %%", 100 * sch[k].adherence);
+        printf("| %s | %s | %.4f | %s |\n", sch[k].name, ps, sch[k].ssim, ad);
+    }
+    printf("(%d images of %lldx%lld, %lld steps, CFG %g, seeds %lld…; %.0f s)\n", n, (long long)size, (long long)size, (long long)steps, cfg,
+           (long long)seed, now() - t0);
+    if (json) {
+        FILE * f = fopen(json, "w");
+        if (!f) {
+            fprintf(stderr, "sd3q quant-eval: cannot write %s\n", json);
+            goto done;
+        }
+        fprintf(f, "{\"images\": %d, \"steps\": %lld, \"size\": %lld, \"schemes\": [", n, (long long)steps, (long long)size);
+        for (int k = 0; k < ns; k++)
+            fprintf(f, "%s{\"name\": \"%s\", \"psnr\": %.4f, \"ssim\": %.6f, \"adherence\": %.4f}", k ? ", " : "", sch[k].name,
+                    isinf(sch[k].psnr) ? -1.0 : sch[k].psnr, sch[k].ssim, isnan(sch[k].adherence) ? -1.0 : sch[k].adherence);
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    rc = 0;
+done:
+    for (int k = 0; k < ncfg; k++) actcfg_free(&cfgs[k]);
+    sd3q_session_free(s);
+    sd3q_model_free(m);
+    free(text);
+    free(lines);
+    return rc;
 }

@@ -11,6 +11,16 @@
 int cmd_inspect(int argc, char ** argv);
 int cmd_mmdit(int argc, char ** argv);
 int cmd_schedule(int argc, char ** argv);
+int cmd_generate(int argc, char ** argv);
+int cmd_calibrate(int argc, char ** argv);
+int cmd_collect(int argc, char ** argv);
+int cmd_quant_eval(int argc, char ** argv);
+int cmd_analyze(int argc, char ** argv);
+int cmd_plot(int argc, char ** argv);
+int cmd_tokenize(int argc, char ** argv);
+int cmd_encode_prompt(int argc, char ** argv);
+int cmd_vae_decode(int argc, char ** argv);
+int cmd_vae_encode(int argc, char ** argv);
 
 // Options every model-loading command takes.
 struct model_opts {
