@@ -131,7 +131,7 @@ int cmd_schedule(int argc, char ** argv) {
     int64_t steps = 28;
     double shift = 3.0;
     struct opt opts[] = {
-        {"--steps", OPT_INT, &steps, "number of denoising steps (default 28)", 1, 10000, 1, 0},
+        {"--steps", OPT_INT, &steps, "number of denoising steps (default 28)", 1, 10000, 0, 0},
         {"--shift", OPT_FLOAT, &shift, "time shift (default 3.0)", 1e-3, 1e3, 0, 0},
     };
     int r = args_parse(argc, argv, 2, "schedule", "Print the flow-matching schedule as JSON: N+1 sigmas ending in 0 and the N timesteps (1000·σ)\n"
