@@ -1,9 +1,9 @@
 /*
  * cpu-ops.c — the CPU backend's activations, norms and image ops (text encoders and VAE), split into pool tasks.
  *
- * conv2d is an im2col + sgemm per tile of CONV_TILE output pixels: each task owns a chunk of output channels, converts
- * that chunk of the filter to f32 once, then walks the pixel tiles, building each tile's columns in its thread's
- * scratch. The column matrix of a whole 1024² VAE plane (GBs) never exists.
+ * conv2d is an im2col + sgemm per tile of CONV_TILE output pixels: the filter is converted to f32 once per call, each
+ * task builds one tile's columns in its thread's buffer and multiplies all output channels at once. The column matrix
+ * of a whole 1024² VAE plane (GBs) never exists.
  */
 #include <cblas.h>
 #include <math.h>
@@ -139,48 +139,54 @@ struct conv_task {
     struct cpu_backend * c;
     float *              y;
     const float *        x;
-    int64_t              B, Cin, H, W, Cout, kh, kw, Ho, Wo, K, chunk;
+    int64_t              B, Cin, H, W, Cout, kh, kw, Ho, Wo, K, ntile;
     int                  stride, pt, pl;
-    const struct wt *    w;
+    const float *        Wf;    // [Cout, K] this chunk of the filter in f32 (converted once per call, or the mapping)
     const float *        bias;
+    int64_t              Cfull; // output channels of the whole convolution (the batch stride of y)
 };
 
-// Output channels [o0, o0+chunk) of one image: filter chunk to f32 once, then im2col + sgemm per pixel tile.
+// Columns of one tile of output pixels [p0, p0 + np): cols[(ci·kh + ky)·kw + kx][j] = x[ci, iy, ix] or 0 outside.
+// Walks output rows so the inner loop is a strided copy without divisions.
+static void im2col_tile(const struct conv_task * t, const float * xb, int64_t p0, int64_t np, float * cols) {
+    for (int64_t ci = 0; ci < t->Cin; ci++)
+        for (int64_t ky = 0; ky < t->kh; ky++)
+            for (int64_t kx = 0; kx < t->kw; kx++) {
+                float * row = cols + ((ci * t->kh + ky) * t->kw + kx) * CONV_TILE;
+                const float * xc = xb + ci * t->H * t->W;
+                for (int64_t j = 0; j < np;) {
+                    int64_t oy = (p0 + j) / t->Wo, ox0 = (p0 + j) % t->Wo;
+                    int64_t run = t->Wo - ox0 < np - j ? t->Wo - ox0 : np - j;  // pixels left in this output row
+                    int64_t iy = oy * t->stride + ky - t->pt;
+                    if (iy < 0 || iy >= t->H) {
+                        memset(row + j, 0, sizeof(float) * (size_t)run);
+                    } else {
+                        const float * xr = xc + iy * t->W;
+                        for (int64_t q = 0; q < run; q++) {
+                            int64_t ix = (ox0 + q) * t->stride + kx - t->pl;
+                            row[j + q] = ix >= 0 && ix < t->W ? xr[ix] : 0.0f;
+                        }
+                    }
+                    j += run;
+                }
+            }
+}
+
+// One tile of output pixels of one image, every output channel: im2col into the thread's buffer, then one sgemm.
 static void conv_task_run(void * ctx, int64_t task, int ith) {
     struct conv_task * t = ctx;
-    int64_t nchunk = (t->Cout + t->chunk - 1) / t->chunk;
-    int64_t b = task / nchunk, o0 = (task % nchunk) * t->chunk;
-    int64_t no = t->Cout - o0 < t->chunk ? t->Cout - o0 : t->chunk;
-    const float * Wf = wt_f32_rows(t->w, o0);
-    if (!Wf) {
-        wt_rows_to_f32(t->w, o0, no, t->c->scratch[ith]);
-        Wf = t->c->scratch[ith];
-    }
+    int64_t b = task / t->ntile, p0 = (task % t->ntile) * CONV_TILE, P = t->Ho * t->Wo;
+    int64_t np = P - p0 < CONV_TILE ? P - p0 : CONV_TILE;
     float * cols = t->c->cols[ith];  // [K, CONV_TILE]
-    const float * xb = t->x + b * t->Cin * t->H * t->W;
-    float * yb = t->y + (b * t->Cout + o0) * t->Ho * t->Wo;
-    int64_t P = t->Ho * t->Wo;
-    for (int64_t p0 = 0; p0 < P; p0 += CONV_TILE) {
-        int64_t np = P - p0 < CONV_TILE ? P - p0 : CONV_TILE;
-        for (int64_t ci = 0; ci < t->Cin; ci++)
-            for (int64_t ky = 0; ky < t->kh; ky++)
-                for (int64_t kx = 0; kx < t->kw; kx++) {
-                    float * row = cols + ((ci * t->kh + ky) * t->kw + kx) * CONV_TILE;
-                    const float * xc = xb + ci * t->H * t->W;
-                    for (int64_t j = 0; j < np; j++) {
-                        int64_t oy = (p0 + j) / t->Wo, ox = (p0 + j) % t->Wo;
-                        int64_t iy = oy * t->stride + ky - t->pt, ix = ox * t->stride + kx - t->pl;
-                        row[j] = (iy >= 0 && iy < t->H && ix >= 0 && ix < t->W) ? xc[iy * t->W + ix] : 0.0f;
-                    }
-                }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)no, (int)np, (int)t->K, 1.0f, Wf, (int)t->K, cols, CONV_TILE,
-                    0.0f, yb + p0, (int)P);
-        if (t->bias)
-            for (int64_t o = 0; o < no; o++) {
-                float bv = t->bias[o0 + o], * yr = yb + o * P + p0;
-                for (int64_t j = 0; j < np; j++) yr[j] += bv;
-            }
-    }
+    im2col_tile(t, t->x + b * t->Cin * t->H * t->W, p0, np, cols);
+    float * yb = t->y + b * t->Cfull * P;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)t->Cout, (int)np, (int)t->K, 1.0f, t->Wf, (int)t->K, cols, CONV_TILE, 0.0f,
+                yb + p0, (int)P);
+    if (t->bias)
+        for (int64_t o = 0; o < t->Cout; o++) {
+            float bv = t->bias[o], * yr = yb + o * P + p0;
+            for (int64_t j = 0; j < np; j++) yr[j] += bv;
+        }
 }
 
 void cpu_op_conv2d(struct backend * bk, void * y, const void * x, int64_t B, int64_t Cin, int64_t H, int64_t W,
@@ -189,12 +195,23 @@ void cpu_op_conv2d(struct backend * bk, void * y, const void * x, int64_t B, int
     int64_t Cout = w->shape[0], kh = w->ndim == 4 ? w->shape[2] : 1, kw = w->ndim == 4 ? w->shape[3] : 1;
     int64_t K = Cin * kh * kw;
     SD3Q_ASSERT(w->row_elems == K && K <= c->max_k && Cout <= c->max_n && stride >= 1);
+    // a chunk of up to LIN_CHUNK output channels of the filter fits one thread scratch (LIN_CHUNK·max_k floats; SD3's
+    // VAE filters have ≤ 512 outputs, one chunk); it is only read by the tasks, so scratch[0] can hold it while thread 0
+    // builds columns in its own im2col buffer
     int64_t Ho = (H + pad_t + pad_b - kh) / stride + 1, Wo = (W + pad_l + pad_r - kw) / stride + 1;
-    int64_t nt = pool_size(c->pool), chunk = (Cout + 2 * nt - 1) / (2 * nt);
-    if (chunk > LIN_CHUNK) chunk = LIN_CHUNK;
-    if (chunk < 1) chunk = 1;
-    struct conv_task t = {c, y, x, B, Cin, H, W, Cout, kh, kw, Ho, Wo, K, chunk, stride, pad_t, pad_l, w, param_f32(c, b, 0)};
-    pool_run(c->pool, conv_task_run, &t, B * ((Cout + chunk - 1) / chunk));
+    int64_t ntile = (Ho * Wo + CONV_TILE - 1) / CONV_TILE;
+    const float * bias = param_f32(c, b, 0);
+    for (int64_t o0 = 0; o0 < Cout; o0 += LIN_CHUNK) {
+        int64_t no = Cout - o0 < LIN_CHUNK ? Cout - o0 : LIN_CHUNK;
+        const float * Wf = wt_f32_rows(w, o0);
+        if (!Wf) {
+            wt_rows_to_f32(w, o0, no, c->scratch[0]);
+            Wf = c->scratch[0];
+        }
+        struct conv_task t = {c, (float *)y + o0 * Ho * Wo, x, B, Cin, H, W, no, kh, kw, Ho, Wo, K, ntile, stride, pad_t, pad_l,
+                              Wf, bias ? bias + o0 : NULL, Cout};
+        pool_run(c->pool, conv_task_run, &t, B * ntile);
+    }
 }
 
 // ---- layout ----------------------------------------------------------------------------------------------------------------

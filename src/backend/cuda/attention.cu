@@ -1,0 +1,466 @@
+/*
+ * attention.cu — multi-head softmax attention over 1–3 segments of fused q|k|v rows (joint attention: image and
+ * text tokens attend to both, without concatenating them), with causal and additive-bias options.
+ *
+ * Fast path (head width 64, the MMDiT, CLIP and T5): a flash-attention kernel, online softmax, no L×L matrix.
+ * One block owns BM query rows of one (batch, head); each of its warps owns MT·16 rows (MT m16 tiles). The block walks
+ * the key tiles (BN keys) of every segment in order; K and V tiles go through a 3-deep cp.async ring in shared
+ * memory (zero-filled past a segment's end), so one barrier per tile suffices, rows stored with a 16-byte-chunk XOR
+ * swizzle (chunk ^ row%8) so the ldmatrix reads are free of bank conflicts. Q fragments are loaded once into
+ * registers; S = Q·Kᵀ and O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate); P goes from the S accumulators
+ * straight into A fragments (the accumulator layout of two n8 tiles is the A layout of one k16 step). Softmax
+ * statistics (running max in log2 units, partial sums) are f32 per row, reduced across the 4 lanes that share a row;
+ * without a bias the scale is folded into the exponent (one FFMA + EX2 per score). Masking (segment tail, causal,
+ * bias) is applied only to tiles that need it. The output tile is staged in the Q buffer and written with 16-byte
+ * stores. Variants (warps, MT, BN) are instantiated below and chosen per backend (backend_cuda_set_attention_variant).
+ *
+ * General path (any head width, e.g. the VAE's 512, or misaligned buffers): per (batch, query segment, chunk of QB
+ * query rows): cuBLAS computes the scaled scores of all heads for the chunk against every key segment into f32
+ * scratch [NH, QB, L], a row kernel applies bias/causal and the softmax (f32, one block per row) into bf16
+ * probabilities, cuBLAS multiplies them with V into f32 [NH, QB, HD], and a last kernel writes the bf16 output.
+ * The scratch holds QB rows of scores, never L×L.
+ */
+#include <math.h>
+
+#include "backend/cuda/cuda-internal.h"
+
+#define FA_HD      64
+#define FA_SEG     3
+#define LOG2E      1.4426950408889634f
+
+struct fa_params {
+    const bf16 * qkv[FA_SEG];
+    bf16 *       out[FA_SEG];
+    int          n[FA_SEG];
+    int          nseg;
+    int          qt0[FA_SEG + 1];  // first query tile of each segment (prefix sums of ⌈n/BM⌉)
+    int          kt0[FA_SEG + 1];  // first key tile of each segment (prefix sums of ⌈n/BN⌉)
+    int          koff[FA_SEG];     // first key of each segment in the concatenation
+    int          L;                // keys in all segments
+    int64_t      D;                // NH·64; rows are 3·D apart
+    float        sl2;              // scale·log2(e)
+    int          causal;
+    const bf16 * bias;             // [NH, L, L] or NULL
+};
+
+// ---- PTX helpers -------------------------------------------------------------------------------------------------------
+
+// 16-byte asynchronous copy global → shared; zero-fills the destination when !valid.
+__device__ __forceinline__ void cp_async16(void * smem, const void * gmem, bool valid) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Four 8×8 b16 matrices from shared memory (lane l gives the address of row l%8 of matrix l/8).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void * smem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+// The same, each matrix transposed.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void * smem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+// c[16×8] += a[16×16] · b[16×8], bf16 inputs, f32 accumulators.
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats → one register of two bf16 (lo in the low half).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+// Offset (elements) of 16-byte chunk ch of row r in a swizzled [rows][64] bf16 tile.
+__device__ __forceinline__ int swz(int r, int ch) { return r * FA_HD + ((ch ^ (r & 7)) << 3); }
+
+// Issues the cp.async loads of key tile t (BN K and V rows of one (batch, head)) into sk / sv.
+template <int BN, int NTHR>
+__device__ __forceinline__ void load_kv(const fa_params & p, bf16 * sk, bf16 * sv, int t, int b, int h, int tid) {
+    int s = 0;
+    while (s + 1 < p.nseg && t >= p.kt0[s + 1]) s++;
+    const int j0 = (t - p.kt0[s]) * BN, n = p.n[s];
+    const int64_t ld = 3 * p.D;
+    const bf16 * base = p.qkv[s] + (int64_t)b * n * ld + p.D + h * FA_HD;
+#pragma unroll
+    for (int i = tid; i < BN * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, key = j0 + r;
+        const bool ok = key < n;
+        const bf16 * src = base + (int64_t)(ok ? key : 0) * ld + ch * 8;
+        cp_async16(sk + swz(r, ch), src, ok);
+        cp_async16(sv + swz(r, ch), src + p.D, ok);
+    }
+}
+
+// Shared memory of one flash variant: Q tile, then FA_STAGES K tiles, then FA_STAGES V tiles.
+#define FA_STAGES 3
+template <int WARPS, int MT, int BN> constexpr int fa_smem_bytes() { return (WARPS * MT * 16 + 2 * FA_STAGES * BN) * FA_HD * 2; }
+
+// ---- flash kernel ---------------------------------------------------------------------------------------------------------
+
+// One block: BM = WARPS·MT·16 query rows of one (query tile, head, batch); each warp owns MT·16 rows; key tiles of BN
+// keys in a FA_STAGES-deep cp.async ring (one barrier per tile). See the top of the file.
+// QREG: Q fragments live in registers for the whole block (else they are re-read from shared memory per tile).
+template <int WARPS, int MT, int BN, int MINB, bool QREG>
+__global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_params p) {
+    constexpr int BM = WARPS * MT * 16, NTHR = WARPS * 32, NT = BN / 8;
+    extern __shared__ __align__(128) bf16 smem[];
+    bf16 * sQ = smem, * sK = smem + BM * FA_HD, * sV = sK + FA_STAGES * BN * FA_HD;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, b = blockIdx.z;
+    int qs = 0;
+    while (qs + 1 < p.nseg && (int)blockIdx.x >= p.qt0[qs + 1]) qs++;
+    bf16 * out = p.out[qs];
+    if (!out) return;
+    const int nq = p.n[qs], q0 = ((int)blockIdx.x - p.qt0[qs]) * BM;
+    const int64_t ld = 3 * p.D;
+    const bf16 * qbase = p.qkv[qs] + (int64_t)b * nq * ld + h * FA_HD;
+    for (int i = tid; i < BM * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, row = q0 + r;
+        const bool ok = row < nq;
+        cp_async16(sQ + swz(r, ch), qbase + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
+    }
+    cp_async_commit();
+    const int T = p.kt0[p.nseg];
+#pragma unroll
+    for (int st = 0; st < FA_STAGES - 1; st++) {
+        if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
+        cp_async_commit();
+    }
+    cp_async_wait<FA_STAGES - 1>();  // Q has landed
+    __syncthreads();
+
+    uint32_t qf[QREG ? MT : 1][4][4];
+    if (QREG)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                const int r = warp * MT * 16 + mt * 16 + (lane & 15);
+                ldmatrix_x4(qf[QREG ? mt : 0][ks], sQ + swz(r, ks * 2 + (lane >> 4)));
+            }
+    float o[MT][8][4], mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[mt][nt][e] = 0.0f;
+        mrow[mt][0] = mrow[mt][1] = -INFINITY;
+        lrow[mt][0] = lrow[mt][1] = 0.0f;
+    }
+    // without a bias, scores stay unscaled until the exponent: 2^(s·sl2 − m·sl2) is one FFMA + EX2 per score
+    const float esc = p.bias ? 1.0f : p.sl2;
+
+    for (int t = 0; t < T; t++) {
+        cp_async_wait<FA_STAGES - 2>();  // tile t has landed (this thread's copies) ...
+        __syncthreads();                 // ... everyone's, and every warp is done with tile t − 1
+        if (t + FA_STAGES - 1 < T) {
+            const int nb = (t + FA_STAGES - 1) % FA_STAGES;
+            load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + FA_STAGES - 1, b, h, tid);
+        }
+        cp_async_commit();
+        const bf16 * ksm = sK + (t % FA_STAGES) * BN * FA_HD, * vsm = sV + (t % FA_STAGES) * BN * FA_HD;
+
+        // S = Q·Kᵀ for this warp's MT·16 rows × BN keys
+        float s[MT][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+            uint32_t qt[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                if (QREG) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) qt[mt][e] = qf[QREG ? mt : 0][ks][e];
+                } else {
+                    ldmatrix_x4(qt[mt], sQ + swz(warp * MT * 16 + mt * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                uint32_t kf[4];
+                const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(kf, ksm + swz(r, ks * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(s[mt][2 * np], qt[mt], kf[0], kf[1]);
+                    mma_bf16(s[mt][2 * np + 1], qt[mt], kf[2], kf[3]);
+                }
+            }
+        }
+
+        // masks (segment tail, causal) and the bias, only on the tiles that need them
+        int sg = 0;
+        while (sg + 1 < p.nseg && t >= p.kt0[sg + 1]) sg++;
+        const int j0 = (t - p.kt0[sg]) * BN, kvalid = p.n[sg] - j0, kglob = p.koff[sg] + j0;
+        if (kvalid < BN || p.causal || p.bias) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = nt * 8 + 2 * (lane & 3) + (e & 1);
+                        const int qrow = q0 + warp * MT * 16 + mt * 16 + (lane >> 2) + ((e >> 1) << 3);
+                        float v = s[mt][nt][e];
+                        if (p.bias) v = v * p.sl2 + (qrow < nq ? __bfloat162float(p.bias[((int64_t)h * p.L + qrow) * p.L + kglob + col]) * LOG2E : 0.0f);
+                        if (col >= kvalid || (p.causal && kglob + col > qrow)) v = -INFINITY;
+                        s[mt][nt][e] = v;
+                    }
+        }
+
+        // online softmax: running max per row (log2 units), rescale O and the partial sums, P = 2^(s − max)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(mrow[mt][hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
+                const float corr = exp2f(mrow[mt][hh] - muse);
+                mrow[mt][hh] = mnew;
+                float l = lrow[mt][hh] * corr;
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) {
+                    o[mt][nt][2 * hh] *= corr;
+                    o[mt][nt][2 * hh + 1] *= corr;
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const float p0 = exp2f(fmaf(s[mt][nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[mt][nt][2 * hh + 1], esc, -muse));
+                    s[mt][nt][2 * hh] = p0;
+                    s[mt][nt][2 * hh + 1] = p1;
+                    l += p0 + p1;
+                }
+                lrow[mt][hh] = l;
+            }
+
+        // O += P·V
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; kk++) {
+            uint32_t pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < 4; dp++) {
+                uint32_t vf[4];
+                const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                ldmatrix_x4_trans(vf, vsm + swz(r, dp * 2 + (lane >> 4)));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(o[mt][2 * dp], pa[mt], vf[0], vf[1]);
+                    mma_bf16(o[mt][2 * dp + 1], pa[mt], vf[2], vf[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // normalise, stage the bf16 tile in sQ (each warp reads and writes only its own rows of it), 16-byte stores
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            float l = lrow[mt][hh];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            const int r = warp * MT * 16 + mt * 16 + (lane >> 2) + hh * 8;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+                *(uint32_t *)(sQ + swz(r, nt) + 2 * (lane & 3)) = pack_bf16(o[mt][nt][2 * hh] * inv, o[mt][nt][2 * hh + 1] * inv);
+        }
+    __syncthreads();
+    bf16 * obase = out + (int64_t)b * nq * p.D + h * FA_HD;
+    for (int i = tid; i < BM * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, row = q0 + r;
+        if (row < nq) *(uint4 *)(obase + (int64_t)row * p.D + ch * 8) = *(const uint4 *)(sQ + swz(r, ch));
+    }
+}
+
+// The flash variants (warps, m16 tiles per warp, keys per tile, blocks per SM): backend_cuda_set_attention_variant.
+struct fa_variant {
+    void (*kernel)(const fa_params);
+    int warps, mt, bn, smem;
+};
+
+#define FA_V(W, M, N, B, Q) {flash_attn_kernel<W, M, N, B, Q>, W, M, N, fa_smem_bytes<W, M, N>()}
+// Measured on an H100 (docs/PERF.md): 0 is the fastest in the whole step; 2 is within ±4% of it alone at 1024² and
+// 9% slower at 512²; the others tried (8 warps × 16 rows, 64-query tiles, a software-pipelined 16-row kernel) were
+// 5–30% slower.
+static const fa_variant fa_variants[FA_VARIANTS] = {
+    FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
+    FA_V(4, 1, 128, 3, true),   // 1: 64 queries, 4 warps × 16 rows, 128-key tiles
+    FA_V(4, 2, 128, 1, false),  // 2: 128 queries, 4 warps × 32 rows, 128-key tiles, Q re-read from shared memory
+};
+
+// ---- general path ---------------------------------------------------------------------------------------------------------
+
+#define GA_WS_BYTES ((size_t)64 << 20)
+#define GA_THREADS  256
+
+// Row (h, i) of the chunk: bias/causal on the f32 scores, softmax in f32, bf16 probabilities.
+__global__ void __launch_bounds__(GA_THREADS) softmax_rows_kernel(bf16 * P, const float * S, int64_t L, int64_t QB, int64_t nq, int64_t i0,
+                                                                   int causal, const bf16 * bias) {
+    __shared__ float red[32];
+    int64_t row = blockIdx.x, h = row / nq, i = row % nq;
+    const float * s = S + (h * QB + i) * L;
+    bf16 * pr = P + (h * QB + i) * L;
+    const bf16 * br = bias ? bias + (h * L + i0 + i) * L : NULL;
+    int64_t lim = causal ? i0 + i + 1 : L;  // keys visible to this query
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < lim; j += GA_THREADS) mx = fmaxf(mx, s[j] + (br ? __bfloat162float(br[j]) : 0.0f));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    if (l == 0) red[w] = mx;
+    __syncthreads();
+    mx = l < GA_THREADS / 32 ? red[l] : -INFINITY;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (mx == -INFINITY) mx = 0.0f;
+    float sum = 0;
+    for (int64_t j = threadIdx.x; j < lim; j += GA_THREADS) sum += __expf(s[j] + (br ? __bfloat162float(br[j]) : 0.0f) - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    __syncthreads();
+    if (l == 0) red[w] = sum;
+    __syncthreads();
+    sum = l < GA_THREADS / 32 ? red[l] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t j = threadIdx.x; j < L; j += GA_THREADS)
+        pr[j] = __float2bfloat16_rn(j < lim ? __expf(s[j] + (br ? __bfloat162float(br[j]) : 0.0f) - mx) * inv : 0.0f);
+}
+
+// out[b, i0 + i, h·HD + c] = O[h, i, c] (bf16).
+__global__ void attn_out_kernel(bf16 * out, const float * O, int64_t NH, int64_t HD, int64_t QB, int64_t nq, int64_t D) {
+    int64_t n = NH * nq * HD;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+        int64_t c = e % HD, i = (e / HD) % nq, h = e / (HD * nq);
+        out[i * D + h * HD + c] = __float2bfloat16_rn(O[(h * QB + i) * HD + c]);
+    }
+}
+
+// The general path (see the top of the file).
+static void attention_general(struct cuda_backend * c, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD,
+                              float scale, int causal, const bf16 * bias) {
+    int64_t D = NH * HD, L = 0;
+    for (int s = 0; s < nseg; s++) L += seg[s].n;
+    size_t per_row = (size_t)NH * ((size_t)L * 6 + (size_t)HD * 4);
+    size_t want = per_row * 64 > GA_WS_BYTES ? per_row * 64 : GA_WS_BYTES;
+    if (c->attn_ws_bytes < want) {
+        cuda_free_mem(c, c->attn_ws, c->attn_ws_bytes);
+        c->attn_ws_bytes = 0;
+        c->attn_ws = cuda_alloc(c, want, "attention score rows");
+        if (!c->attn_ws) return;
+        c->attn_ws_bytes = want;
+    }
+    int64_t QB = (int64_t)(c->attn_ws_bytes / per_row);
+    if (QB > 1024) QB = 1024;
+    float * S = (float *)c->attn_ws;
+    bf16 * P = (bf16 *)(S + NH * QB * L);
+    float * O = (float *)(P + NH * QB * L);
+    for (int64_t b = 0; b < B && c->st == SD3Q_OK; b++)
+        for (int qs = 0; qs < nseg; qs++) {
+            if (!seg[qs].out) continue;
+            int64_t nqs = seg[qs].n;
+            for (int64_t i0 = 0; i0 < nqs && c->st == SD3Q_OK; i0 += QB) {
+                int64_t nq = nqs - i0 < QB ? nqs - i0 : QB, off = 0;
+                const bf16 * Q = (const bf16 *)seg[qs].qkv + (b * nqs + i0) * 3 * D;
+                for (int ks = 0; ks < nseg; ks++) {
+                    const bf16 * K = (const bf16 *)seg[ks].qkv + b * seg[ks].n * 3 * D + D;
+                    gemm_batched_cuda(c, 1, 0, seg[ks].n, nq, HD, scale, K, 3 * D, HD, Q, 3 * D, HD, 0.0f, S + off, 1, L, QB * L, NH);
+                    off += seg[ks].n;
+                }
+                softmax_rows_kernel<<<(unsigned)(NH * nq), GA_THREADS, 0, c->stream>>>(P, S, L, QB, nq, i0, causal, bias);
+                if (!LAUNCHED(c, "softmax_rows_kernel")) return;
+                off = 0;
+                for (int ks = 0; ks < nseg; ks++) {
+                    const bf16 * V = (const bf16 *)seg[ks].qkv + b * seg[ks].n * 3 * D + 2 * D;
+                    gemm_batched_cuda(c, 0, 0, HD, nq, seg[ks].n, 1.0f, V, 3 * D, HD, P + off, L, QB * L, ks ? 1.0f : 0.0f, O, 1, HD,
+                                      QB * HD, NH);
+                    off += seg[ks].n;
+                }
+                bf16 * out = (bf16 *)seg[qs].out + (b * nqs + i0) * D;
+                attn_out_kernel<<<grid_for(NH * nq * HD, 256), 256, 0, c->stream>>>(out, O, NH, HD, QB, nq, D);
+                if (!LAUNCHED(c, "attn_out_kernel")) return;
+            }
+        }
+}
+
+// Chooses the flash kernel (head width 64, aligned buffers) or the general path, and launches it.
+void attention_cuda(struct cuda_backend * c, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale,
+                    int causal, const bf16 * bias) {
+    if (nseg < 1 || nseg > FA_SEG || ((causal || bias) && nseg != 1)) {
+        cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "attention: %d segments (causal %d, bias %d) not supported", nseg, causal, bias != NULL);
+        return;
+    }
+    int64_t L = 0;
+    int flash = HD == FA_HD && NH <= 65535 && B <= 65535;
+    for (int s = 0; s < nseg; s++) {
+        L += seg[s].n;
+        flash = flash && aligned_to(seg[s].qkv, 16) && (!seg[s].out || aligned_to(seg[s].out, 16));
+    }
+    if (B <= 0 || NH <= 0 || L <= 0) return;
+    if (!flash || L >= (1 << 30) || c->attn_general) {
+        attention_general(c, seg, nseg, B, NH, HD, scale, causal, bias);
+        return;
+    }
+    fa_params p;
+    memset(&p, 0, sizeof p);
+    p.nseg = nseg;
+    int koff = 0;
+    for (int s = 0; s < nseg; s++) {
+        p.qkv[s]    = (const bf16 *)seg[s].qkv;
+        p.out[s]    = (bf16 *)seg[s].out;
+        p.n[s]      = (int)seg[s].n;
+        p.koff[s]   = koff;
+        koff += (int)seg[s].n;
+        int bm = fa_variants[c->fa_variant].warps * fa_variants[c->fa_variant].mt * 16, bn = fa_variants[c->fa_variant].bn;
+        p.qt0[s + 1] = p.qt0[s] + (int)((seg[s].n + bm - 1) / bm);
+        p.kt0[s + 1] = p.kt0[s] + (int)((seg[s].n + bn - 1) / bn);
+    }
+    p.L      = (int)L;
+    p.D      = NH * HD;
+    p.sl2    = scale * LOG2E;
+    p.causal = causal;
+    p.bias   = bias;
+    const fa_variant & v = fa_variants[c->fa_variant];
+    if (!(c->fa_attr_set & (1u << c->fa_variant))) {
+        if (!CU(c, cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem))) return;
+        c->fa_attr_set |= 1u << c->fa_variant;
+    }
+    dim3 grid((unsigned)p.qt0[nseg], (unsigned)NH, (unsigned)B);
+    v.kernel<<<grid, v.warps * 32, v.smem, c->stream>>>(p);
+    LAUNCHED(c, "flash_attn_kernel");
+}

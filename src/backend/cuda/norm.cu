@@ -1,0 +1,295 @@
+/*
+ * norm.cu — LayerNorm with adaLN modulation (MMDiT), LayerNorm with affine weights (CLIP), RMSNorm (T5), per-head
+ * RMSNorm of q/k inside a fused qkv buffer (SD3.5), and GroupNorm (+SiLU) (VAE).
+ *
+ * Parallelisation. Row norms: one block of NORM_THREADS threads per row. On the vector path (D a multiple of 8,
+ * 16-byte aligned pointers, D ≤ NORM_THREADS·8·NORM_VMAX) each thread keeps its chunks of 8 values in registers, so
+ * the row is read once: mean, then the variance around it (two passes over registers, f32), then the output.
+ * Otherwise the scalar path reads the row from global memory per pass. Block reductions go through warp shuffles
+ * and a 32-float shared array. Per-head RMSNorm: one warp per (row, head). GroupNorm: a group's C/G channels × HW
+ * pixels are contiguous; a first kernel writes per-chunk partial sums of (x − x₀) and (x − x₀)² (x₀ = the group's
+ * first value, which keeps the one-pass variance well conditioned) in double, a second kernel reduces a group's
+ * partials in every block and normalises its chunk.
+ */
+#include "backend/cuda/cuda-internal.h"
+
+#define NORM_THREADS 128
+#define NORM_VMAX    8    // vector path: up to 8 chunks of 8 per thread (D ≤ 8192)
+#define GN_THREADS   256
+#define GN_GROUPS_MAX 65536  // B·G limit (grid y); their x₀ values sit at the end of the partials buffer
+
+// Sum over the block (every thread gets the result); red is a 32-float shared array.
+__device__ __forceinline__ float block_sum(float v, float * red) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();  // red may still be read from a previous call
+    if (l == 0) red[w] = v;
+    __syncthreads();
+    float t = l < nw ? red[l] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
+struct rownorm_args {
+    bf16 *       y;
+    const bf16 * x;
+    int64_t      D, T, ms;      // row width; rows per batch element and modulation stride (adaLN)
+    const bf16 * shift, * scale;  // adaLN modulation rows (both or neither)
+    const bf16 * w, * b;        // affine weight/bias (each optional)
+    float        eps;
+    int          rms;           // 1: RMSNorm (no mean)
+};
+
+// Applies the affine part to one normalised value at column i of a row in batch element bi.
+__device__ __forceinline__ float norm_out(const rownorm_args & a, float n, int64_t bi, int64_t i) {
+    if (a.scale) return n * (1.0f + __bfloat162float(a.scale[bi * a.ms + i])) + __bfloat162float(a.shift[bi * a.ms + i]);
+    if (a.w) n *= __bfloat162float(a.w[i]);
+    if (a.b) n += __bfloat162float(a.b[i]);
+    return n;
+}
+
+// One row per block, the row held in registers (vector path).
+__global__ void __launch_bounds__(NORM_THREADS) rownorm_vec_kernel(rownorm_args a) {
+    __shared__ float red[32];
+    int64_t r = blockIdx.x, bi = r / a.T;
+    const bf16 * x = a.x + r * a.D;
+    bf16 * y = a.y + r * a.D;
+    int nch = (int)(a.D / 8);
+    float v[NORM_VMAX][8];
+    float s = 0;
+#pragma unroll
+    for (int j = 0; j < NORM_VMAX; j++) {
+        int k = threadIdx.x + j * NORM_THREADS;
+        if (k < nch) {
+            uint4 u = *(const uint4 *)(x + 8 * k);
+            const __nv_bfloat162 * h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                float2 f = __bfloat1622float2(h[q]);
+                v[j][2 * q] = f.x, v[j][2 * q + 1] = f.y;
+                s += f.x + f.y;
+            }
+        }
+    }
+    float mean = a.rms ? 0.0f : block_sum(s, red) / (float)a.D, ss = 0;
+#pragma unroll
+    for (int j = 0; j < NORM_VMAX; j++) {
+        int k = threadIdx.x + j * NORM_THREADS;
+        if (k < nch)
+#pragma unroll
+            for (int q = 0; q < 8; q++) ss += (v[j][q] - mean) * (v[j][q] - mean);
+    }
+    float rstd = rsqrtf(block_sum(ss, red) / (float)a.D + a.eps);
+#pragma unroll
+    for (int j = 0; j < NORM_VMAX; j++) {
+        int k = threadIdx.x + j * NORM_THREADS;
+        if (k < nch) {
+            uint4 u;
+            __nv_bfloat162 * h = (__nv_bfloat162 *)&u;
+            if (a.scale) {  // adaLN: shift and scale rows of the batch element, 8 values per 16-byte load
+                uint4 us = *(const uint4 *)(a.scale + bi * a.ms + 8 * k), uh = *(const uint4 *)(a.shift + bi * a.ms + 8 * k);
+                const __nv_bfloat162 * sc = (const __nv_bfloat162 *)&us, * sh = (const __nv_bfloat162 *)&uh;
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    float2 fs = __bfloat1622float2(sc[q]), fh = __bfloat1622float2(sh[q]);
+                    h[q] = __floats2bfloat162_rn((v[j][2 * q] - mean) * rstd * (1.0f + fs.x) + fh.x,
+                                                 (v[j][2 * q + 1] - mean) * rstd * (1.0f + fs.y) + fh.y);
+                }
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    int64_t i = 8 * k + 2 * q;
+                    h[q] = __floats2bfloat162_rn(norm_out(a, (v[j][2 * q] - mean) * rstd, bi, i),
+                                                 norm_out(a, (v[j][2 * q + 1] - mean) * rstd, bi, i + 1));
+                }
+            }
+            *(uint4 *)(y + 8 * k) = u;
+        }
+    }
+}
+
+// One row per block, any width and alignment (scalar path: the row is read from memory in each pass).
+__global__ void __launch_bounds__(NORM_THREADS) rownorm_kernel(rownorm_args a) {
+    __shared__ float red[32];
+    int64_t r = blockIdx.x, bi = r / a.T;
+    const bf16 * x = a.x + r * a.D;
+    bf16 * y = a.y + r * a.D;
+    float s = 0;
+    if (!a.rms)
+        for (int64_t i = threadIdx.x; i < a.D; i += NORM_THREADS) s += __bfloat162float(x[i]);
+    float mean = a.rms ? 0.0f : block_sum(s, red) / (float)a.D, ss = 0;
+    for (int64_t i = threadIdx.x; i < a.D; i += NORM_THREADS) {
+        float d = __bfloat162float(x[i]) - mean;
+        ss += d * d;
+    }
+    float rstd = rsqrtf(block_sum(ss, red) / (float)a.D + a.eps);
+    for (int64_t i = threadIdx.x; i < a.D; i += NORM_THREADS)
+        y[i] = __float2bfloat16_rn(norm_out(a, (__bfloat162float(x[i]) - mean) * rstd, bi, i));
+}
+
+// Picks the vector or scalar path for rows × D.
+static void rownorm(struct cuda_backend * c, const rownorm_args & a, int64_t rows) {
+    if (rows <= 0 || a.D <= 0) return;
+    if (rows > 0x7fffffff) {
+        cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "norm: %lld rows exceed the grid", (long long)rows);
+        return;
+    }
+    bool vec = a.D % 8 == 0 && a.D <= (int64_t)NORM_THREADS * 8 * NORM_VMAX && aligned_to(a.x, 16) && aligned_to(a.y, 16) &&
+               (!a.scale || (aligned_to(a.scale, 16) && aligned_to(a.shift, 16) && a.ms % 8 == 0)) && (!a.w || aligned_to(a.w, 16)) &&
+               (!a.b || aligned_to(a.b, 16));
+    if (vec) {
+        rownorm_vec_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(a);
+        LAUNCHED(c, "rownorm_vec_kernel");
+    } else {
+        rownorm_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(a);
+        LAUNCHED(c, "rownorm_kernel");
+    }
+}
+
+// LayerNorm (no affine) then ·(1 + scale) + shift per batch element.
+void ln_modulate_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t B, int64_t T, int64_t D, const bf16 * shift,
+                      const bf16 * scale, int64_t mod_stride, float eps) {
+    rownorm_args a = {y, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0};
+    rownorm(c, a, B * T);
+}
+
+// LayerNorm with optional affine weight and bias.
+void layernorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, const bf16 * b,
+                    float eps) {
+    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, b, eps, 0};
+    rownorm(c, a, rows);
+}
+
+// RMSNorm with weight.
+void rmsnorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, float eps) {
+    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, NULL, eps, 1};
+    rownorm(c, a, rows);
+}
+
+// ---- per-head RMSNorm ---------------------------------------------------------------------------------------------------
+
+// One warp per (row, head): v ← v / sqrt(mean(v²) + eps) · w over the head's HD channels, in place.
+__global__ void rmsnorm_heads_kernel(bf16 * qkv, int64_t rows, int64_t D, int64_t off, int64_t HD, const bf16 * w, float eps) {
+    int64_t H = D / HD, items = rows * H;
+    int64_t wid = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5, nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
+    int lane = threadIdx.x & 31;
+    for (int64_t it = wid; it < items; it += nw) {
+        int64_t r = it / H, h = it - r * H;
+        bf16 * v = qkv + r * 3 * D + off + h * HD;
+        float ss = 0;
+        for (int64_t i = lane; i < HD; i += 32) {
+            float f = __bfloat162float(v[i]);
+            ss += f * f;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        float rs = rsqrtf(ss / (float)HD + eps);
+        for (int64_t i = lane; i < HD; i += 32) v[i] = __float2bfloat16_rn(__bfloat162float(v[i]) * rs * __bfloat162float(w[i]));
+    }
+}
+
+// One warp per (row, head) of the q or k part.
+void rmsnorm_heads_cuda(struct cuda_backend * c, bf16 * qkv, int64_t rows, int64_t D, int64_t col_off, int64_t HD, const bf16 * w,
+                        float eps) {
+    if (!w || rows <= 0 || HD <= 0) return;
+    int64_t items = rows * (D / HD);
+    rmsnorm_heads_kernel<<<grid_for(items * 32, 256), 256, 0, c->stream>>>(qkv, rows, D, col_off, HD, w, eps);
+    LAUNCHED(c, "rmsnorm_heads_kernel");
+}
+
+// ---- group norm -----------------------------------------------------------------------------------------------------------
+
+// Partial sums of (x − x₀) and (x − x₀)² over one chunk of one group (grid: chunks × groups).
+__global__ void __launch_bounds__(GN_THREADS) gn_stats_kernel(const bf16 * x, int64_t n_group, int64_t chunk, int nchunk, double * part,
+                                                              float * x0s) {
+    __shared__ double red[2][GN_THREADS / 32];
+    int64_t g = blockIdx.y, c0 = (int64_t)blockIdx.x * chunk, c1 = c0 + chunk < n_group ? c0 + chunk : n_group;
+    const bf16 * xg = x + g * n_group;
+    float x0 = __bfloat162float(xg[0]), s = 0, s2 = 0;
+    for (int64_t i = c0 + threadIdx.x; i < c1; i += GN_THREADS) {
+        float d = __bfloat162float(xg[i]) - x0;
+        s += d;
+        s2 += d * d;
+    }
+    double ds = s, ds2 = s2;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        ds += __shfl_xor_sync(0xffffffffu, ds, o);
+        ds2 += __shfl_xor_sync(0xffffffffu, ds2, o);
+    }
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    if (l == 0) red[0][w] = ds, red[1][w] = ds2;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double a = 0, b = 0;
+        for (int k = 0; k < GN_THREADS / 32; k++) a += red[0][k], b += red[1][k];
+        part[(g * nchunk + blockIdx.x) * 2]     = a;
+        part[(g * nchunk + blockIdx.x) * 2 + 1] = b;
+        if (blockIdx.x == 0) x0s[g] = x0;  // kept apart: y may alias x, so the apply pass must not re-read x₀
+    }
+}
+
+// Reduces the group's partials (every block redoes this small sum), then normalises one chunk (+ affine, SiLU).
+__global__ void __launch_bounds__(GN_THREADS) gn_apply_kernel(bf16 * y, const bf16 * x, int64_t n_group, int64_t HW, int64_t cg, int64_t G,
+                                                              int64_t chunk, int nchunk, const double * part, const float * x0s,
+                                                              const bf16 * w, const bf16 * b, float eps, int silu) {
+    __shared__ double red[2][GN_THREADS / 32];
+    __shared__ float stat[2];
+    int64_t g = blockIdx.y, gi = g % G;
+    double a = 0, bb = 0;
+    for (int k = threadIdx.x; k < nchunk; k += GN_THREADS) a += part[(g * nchunk + k) * 2], bb += part[(g * nchunk + k) * 2 + 1];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        bb += __shfl_xor_sync(0xffffffffu, bb, o);
+    }
+    int wi = threadIdx.x >> 5, l = threadIdx.x & 31;
+    if (l == 0) red[0][wi] = a, red[1][wi] = bb;
+    __syncthreads();
+    const bf16 * xg = x + g * n_group;
+    bf16 * yg = y + g * n_group;
+    if (threadIdx.x == 0) {
+        double s = 0, s2 = 0;
+        for (int k = 0; k < GN_THREADS / 32; k++) s += red[0][k], s2 += red[1][k];
+        double n = (double)n_group, m = s / n, var = s2 / n - m * m;
+        if (var < 0) var = 0;
+        stat[0] = (float)(m + (double)x0s[g]);
+        stat[1] = (float)(1.0 / sqrt(var + (double)eps));
+    }
+    __syncthreads();
+    float mean = stat[0], rstd = stat[1];
+    int64_t c0 = (int64_t)blockIdx.x * chunk, c1 = c0 + chunk < n_group ? c0 + chunk : n_group;
+    for (int64_t i = c0 + threadIdx.x; i < c1; i += GN_THREADS) {
+        int64_t ch = gi * cg + i / HW;
+        float t = (__bfloat162float(xg[i]) - mean) * rstd;
+        if (w) t *= __bfloat162float(w[ch]);
+        if (b) t += __bfloat162float(b[ch]);
+        if (silu) t = t / (1.0f + __expf(-t));
+        yg[i] = __float2bfloat16_rn(t);
+    }
+}
+
+// Statistics pass, then the normalising pass, over chunks of each group.
+void group_norm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t B, int64_t C, int64_t HW, int64_t G, const bf16 * w,
+                     const bf16 * b, float eps, int silu) {
+    if (B * C * HW <= 0) return;
+    if (G <= 0 || C % G != 0 || B * G >= GN_GROUPS_MAX) {
+        cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "group_norm: %lld channels in %lld groups (batch %lld) not supported", (long long)C,
+                  (long long)G, (long long)B);
+        return;
+    }
+    int64_t cg = C / G, n_group = cg * HW, chunk = 8192;
+    // the partials buffer: GN_GROUPS_MAX x₀ values (as floats) at its end, chunk pairs before them
+    int64_t max_chunks = (GN_PARTIALS - GN_GROUPS_MAX) / (B * G);
+    float * x0s = (float *)(c->gn_part + 2 * (GN_PARTIALS - GN_GROUPS_MAX));
+    if (max_chunks < 1) max_chunks = 1;
+    if ((n_group + chunk - 1) / chunk > max_chunks) chunk = (n_group + max_chunks - 1) / max_chunks;
+    int nchunk = (int)((n_group + chunk - 1) / chunk);
+    dim3 grid((unsigned)nchunk, (unsigned)(B * G));
+    gn_stats_kernel<<<grid, GN_THREADS, 0, c->stream>>>(x, n_group, chunk, nchunk, c->gn_part, x0s);
+    LAUNCHED(c, "gn_stats_kernel");
+    gn_apply_kernel<<<grid, GN_THREADS, 0, c->stream>>>(y, x, n_group, HW, cg, G, chunk, nchunk, c->gn_part, x0s, w, b, eps, silu);
+    LAUNCHED(c, "gn_apply_kernel");
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# run_gpu.sh — one call on a GPU machine: the CUDA tests, the sd3q GPU benchmark and the PyTorch reference, in one
+# process tree on the same card, full logs under $OUT and a short summary printed last.
+#
+# The binaries come prebuilt (the GPU machine has no OpenBLAS/cJSON/utf8proc development packages): build here with
+#   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-cuda -j
+#   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
+# then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
+# (no argument: all four).
+set -u
+OUT=${OUT:-/tmp/sd3q-out}
+G=${G:-.gpu}
+mkdir -p "$OUT" /tmp/sd3q-libs
+steps="${*:-ops mmdit bench torch}"
+t0=$(date +%s)
+tar -xJf "$G/libs.tar.xz" -C /tmp/sd3q-libs 2>/dev/null
+cub=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && cub="$cub:$d"; done
+pycub=$(python3 -c 'import glob, os, site; print(":".join(sorted({os.path.dirname(p) for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/libcublasLt.so*", recursive=True)})))' 2>/dev/null)
+export LD_LIBRARY_PATH="/tmp/sd3q-libs${cub}${pycub:+:$pycub}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    for b in "$G"/bin/*; do ldd "$b" | grep -q "not found" && { echo "$b:"; ldd "$b" | grep "not found"; }; done
+    command -v cuobjdump >/dev/null && for k in HMMA LDSM LDGSTS; do
+        echo "$k in test-cuda-ops-gpu: $(cuobjdump --dump-sass "$G/bin/test-cuda-ops-gpu" 2>/dev/null | grep -c "$k")"
+    done
+} > "$OUT/env.txt" 2>&1
+summary=()
+run() {  # name timeout command...
+    local name=$1 to=$2
+    shift 2
+    local s=$(date +%s)
+    timeout "$to" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    summary+=("$(printf '%-14s rc=%-3s %4ss' "$name" "$rc" "$(( $(date +%s) - s ))")")
+    return $rc
+}
+for st in $steps; do
+    case $st in
+        ops)
+            if ! run ops 300 "$G/bin/test-cuda-ops-gpu"; then  # isolate: each group alone, then memcheck the failing ones
+                for t in $("$G/bin/test-cuda-ops-gpu" --list); do
+                    run "ops-$t" 120 "$G/bin/test-cuda-ops-gpu" --only "$t" || { command -v compute-sanitizer >/dev/null &&
+                        run "memcheck-$t" 150 compute-sanitizer --tool memcheck --print-limit 20 "$G/bin/test-cuda-ops-gpu" --only "$t"; }
+                done
+                cat "$OUT"/ops-*.log > "$OUT/ops-isolated.txt" 2>/dev/null; rm -f "$OUT"/ops-*.log
+                cat "$OUT"/memcheck-*.log > "$OUT/memcheck.txt" 2>/dev/null; rm -f "$OUT"/memcheck-*.log
+            fi ;;
+        mmdit) run mmdit 240 "$G/bin/test-cuda-mmdit-gpu" ;;
+        bench) run bench 300 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors ;;
+        notune) SD3Q_CUDA_NO_TUNE=1 run bench-notune 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
+        nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
+        torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
+        nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
+    esac
+done
+echo "== steps (total $(( $(date +%s) - t0 )) s)"; printf '%s\n' "${summary[@]}"
+echo "== env"; head -3 "$OUT/env.txt"; grep -E "not found|HMMA|LDSM" "$OUT/env.txt"
+for f in ops mmdit; do
+    [ -f "$OUT/$f.log" ] || continue
+    echo "== $f: $(grep -cE ' OK$|: OK|OK$' "$OUT/$f.log") OK lines, failures:"; grep -E "FAIL|error|Abort|fault|passed|failed" "$OUT/$f.log" | head -40
+done
+[ -f "$OUT/ops-isolated.txt" ] && { echo "== ops isolated"; grep -E "FAIL|^\[|passed|failed|rror" "$OUT/ops-isolated.txt" | head -40; }
+[ -f "$OUT/memcheck.txt" ] && { echo "== memcheck"; grep -E "Invalid|ERROR|at 0x|by thread" "$OUT/memcheck.txt" | head -20; }
+echo "== results"; cat "$OUT"/bench.log "$OUT"/torch.log 2>/dev/null | grep -E "^RESULT|^== |memory end|median" | grep -v attn_variant | head -40
+for f in bench-notune bench-nofuse; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== 1024" "$OUT/$f.log"; }; done
+exit 0
