@@ -67,6 +67,7 @@ static void run_case(const char * dir, const char * model_rel) {
         struct sd3q_session_params sp = sd3q_session_default_params();
         sp.max_batch = (int)xs[0], sp.max_latent_h = (int)xs[2], sp.max_latent_w = (int)xs[3], sp.max_context = (int)cs[1];
         sp.n_threads = 2;
+        sp.device = SD3Q_DEVICE_CPU;  // f32 goldens and host-memory hooks
         struct sd3q_session * s;
         st = session_create(m, &sp, ref_ops, &s, err, sizeof err);
         CHECKF(st == SD3Q_OK, "session: %s", err);
