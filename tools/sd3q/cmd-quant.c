@@ -138,6 +138,7 @@ int cmd_collect(int argc, char ** argv) {
     struct sd3q_session_params sp;
     if ((rc = model_opts_session(&mo, "collect-activations", &sp)) != 0) goto done;
     rc = 1;
+    sp.device = SD3Q_DEVICE_CPU;  // the statistics hook reads activations in host memory
     sp.max_batch = 2, sp.max_latent_h = man.set.height / 8, sp.max_latent_w = man.set.width / 8;
     sp.max_context = 77 + man.set.t5_max_length;
     char err[1024];
