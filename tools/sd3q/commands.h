@@ -15,6 +15,7 @@ int cmd_generate(int argc, char ** argv);
 int cmd_calibrate(int argc, char ** argv);
 int cmd_collect(int argc, char ** argv);
 int cmd_quant_eval(int argc, char ** argv);
+int cmd_adherence(int argc, char ** argv);
 int cmd_analyze(int argc, char ** argv);
 int cmd_plot(int argc, char ** argv);
 int cmd_tokenize(int argc, char ** argv);

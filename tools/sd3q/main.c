@@ -13,19 +13,20 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"generate", cmd_generate, "text to image: prompt in, PNG out (SD3 pipeline)"},
     {"inspect", cmd_inspect, "list what a checkpoint holds: components, hyper-parameters, tensors"},
+    {"tokenize", cmd_tokenize, "print a prompt's token ids (CLIP-L, CLIP-G or T5) as JSON"},
+    {"encode-prompt", cmd_encode_prompt, "encode a prompt (and a negative prompt) into SD3's context and pooled vectors"},
     {"mmdit", cmd_mmdit, "run one MMDiT forward pass on tensors from a safetensors file"},
     {"schedule", cmd_schedule, "print the flow-matching sigma schedule as JSON"},
-    {"generate", cmd_generate, "text to image: prompt in, PNG out (SD3 pipeline)"},
+    {"vae-decode", cmd_vae_decode, "decode VAE latents (safetensors) into an image (.png) or a tensor (.safetensors)"},
+    {"vae-encode", cmd_vae_encode, "encode an image (.png or .safetensors) into VAE latents"},
     {"calibrate", cmd_calibrate, "calibration data: every step's latent for a set of prompts (resumable)"},
     {"collect-activations", cmd_collect, "statistics of every quantizable Linear's input, replayed from calibration latents"},
     {"analyze", cmd_analyze, "the W4A8 activation config (timestep groups, clip ranges, shifts) from statistics"},
-    {"quant-eval", cmd_quant_eval, "PSNR, SSIM and prompt adherence of fake-quantized activations against full precision"},
     {"plot", cmd_plot, "figures of activation statistics (PNG, drawn by gnuplot) and an index.html showing them"},
-    {"tokenize", cmd_tokenize, "print a prompt's token ids (CLIP-L, CLIP-G or T5) as JSON"},
-    {"encode-prompt", cmd_encode_prompt, "encode a prompt (and a negative prompt) into SD3's context and pooled vectors"},
-    {"vae-decode", cmd_vae_decode, "decode VAE latents (safetensors) into an image (.png) or a tensor (.safetensors)"},
-    {"vae-encode", cmd_vae_encode, "encode an image (.png or .safetensors) into VAE latents"},
+    {"quant-eval", cmd_quant_eval, "PSNR, SSIM and prompt adherence of fake-quantized activations against full precision"},
+    {"adherence", cmd_adherence, "prompt adherence of images in the tiny model's coloured-shapes domain"},
 };
 
 static void usage(FILE * f) {
