@@ -20,11 +20,11 @@ prompts=(
 )
 start=$(date +%s%N)
 for i in "${!prompts[@]}"; do
-    build/sd3q generate --model models/tiny-sd3 --prompt "${prompts[$i]}" --seed "$i" --output "$out/demo-$i.png" 2>/dev/null
+    build/sd3q generate --model models/tiny-sd3 --prompt "${prompts[$i]}" --cfg 5 --seed "$i" --output "$out/demo-$i.png" 2>/dev/null
     echo "  ${prompts[$i]}"
 done
 end=$(date +%s%N)
 echo
 build/sd3q adherence "$out"/demo-*.png | tail -n 1
 ms=$(( (end - start) / 1000000 ))
-printf '\n%d images (128×128, 28 steps, CFG 7) in %d.%01d s; they are in %s/\n' "${#prompts[@]}" $((ms / 1000)) $((ms % 1000 / 100)) "$out"
+printf '\n%d images (128×128, 28 steps, CFG 5) in %d.%01d s; they are in %s/\n' "${#prompts[@]}" $((ms / 1000)) $((ms % 1000 / 100)) "$out"
