@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "model/session.h"
 #include "sd3q.h"
+#include "weights.h"
 
 #ifndef SD3Q_HAVE_CUDA
 // Without a CUDA build there is nothing to run.
@@ -42,133 +43,13 @@ static double now(void) {
 
 // ---- random SD3-Medium-shaped weights --------------------------------------------------------------------------------
 
-struct gen {
-    struct st_wtensor * t;
-    float *             scale;
-    int                 n, cap;
-    int64_t *           shapes;
-    char **             names;
-};
-
-// Registers one F16 tensor (data filled later, in parallel) with values uniform in ±scale.
-static void gen_add(struct gen * g, const char * name, float scale, int nd, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
-    if (g->n == g->cap) {
-        g->cap = g->cap ? 2 * g->cap : 512;
-        g->t = realloc(g->t, sizeof(*g->t) * (size_t)g->cap);
-        g->scale = realloc(g->scale, sizeof(float) * (size_t)g->cap);
-        g->shapes = realloc(g->shapes, sizeof(int64_t) * 4 * (size_t)g->cap);
-        g->names = realloc(g->names, sizeof(char *) * (size_t)g->cap);
-        SD3Q_ASSERT(g->t && g->scale && g->shapes && g->names);
-    }
-    int64_t * sh = g->shapes + 4 * g->n, d[4] = {d0, d1, d2, d3}, numel = 1;
-    for (int i = 0; i < nd; i++) numel *= (sh[i] = d[i]);
-    void * data = malloc(sizeof(uint16_t) * (size_t)numel);
-    SD3Q_ASSERT(data);
-    g->names[g->n] = strdup(name);
-    g->t[g->n] = (struct st_wtensor){g->names[g->n], DT_F16, nd, sh, data};
-    g->scale[g->n] = scale;
-    g->n++;
-}
-
-struct fill_job {
-    struct gen * g;
-    int          ith, nth;
-};
-
-// Thread ith fills its share of every tensor (xorshift per chunk: fast, and random enough for timing).
-static void * fill_thread(void * arg) {
-    struct fill_job * j = arg;
-    for (int k = 0; k < j->g->n; k++) {
-        const struct st_wtensor * t = &j->g->t[k];
-        int64_t numel = 1;
-        for (int i = 0; i < t->ndim; i++) numel *= t->shape[i];
-        int64_t per = (numel + j->nth - 1) / j->nth, i0 = j->ith * per, i1 = i0 + per < numel ? i0 + per : numel;
-        uint64_t s = 0x9e3779b97f4a7c15ull * (uint64_t)(k * 131 + j->ith + 1);
-        uint16_t * d = (uint16_t *)t->data;
-        float sc = j->g->scale[k];
-        for (int64_t i = i0; i < i1; i++) {
-            s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
-            float u = (float)((s * 0x2545f4914f6cdd1dull) >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
-            d[i] = f32_to_f16(sc * u);
-        }
-    }
-    return NULL;
-}
-
 // Writes an SD3-Medium-shaped MMDiT (original single-file names) with random F16 weights.
 static int make_weights(const char * path) {
-    const int depth = 24, D = 1536, F = 6144, ctx = 4096, pooled = 2048, grid = 192;
-    struct gen g = {0};
-    char n[160];
-    double t0 = now();
-    gen_add(&g, "model.diffusion_model.pos_embed", 0.5f, 3, 1, (int64_t)grid * grid, D, 0);
-    gen_add(&g, "model.diffusion_model.x_embedder.proj.weight", 0.12f, 4, D, 16, 2, 2);
-    gen_add(&g, "model.diffusion_model.x_embedder.proj.bias", 0.02f, 1, D, 0, 0, 0);
-    const char * emb[2] = {"t_embedder", "y_embedder"};
-    for (int k = 0; k < 2; k++) {
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.0.weight", emb[k]);
-        gen_add(&g, n, k ? 0.022f : 0.1f, 2, D, k ? pooled : 256, 0, 0);
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.0.bias", emb[k]);
-        gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.2.weight", emb[k]);
-        gen_add(&g, n, 0.044f, 2, D, D, 0, 0);
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.2.bias", emb[k]);
-        gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-    }
-    gen_add(&g, "model.diffusion_model.context_embedder.weight", 0.027f, 2, D, ctx, 0, 0);
-    gen_add(&g, "model.diffusion_model.context_embedder.bias", 0.02f, 1, D, 0, 0, 0);
-    for (int i = 0; i < depth; i++)
-        for (int s = 0; s < 2; s++) {
-            const char * b = s ? "context_block" : "x_block";
-            int pre = s == 1 && i == depth - 1, nm = pre ? 2 : 6;
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.adaLN_modulation.1.weight", i, b);
-            gen_add(&g, n, 0.01f, 2, (int64_t)nm * D, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.adaLN_modulation.1.bias", i, b);
-            gen_add(&g, n, 0.05f, 1, (int64_t)nm * D, 0, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.qkv.weight", i, b);
-            gen_add(&g, n, 0.044f, 2, 3 * D, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.qkv.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, 3 * D, 0, 0, 0);
-            if (pre) continue;
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.proj.weight", i, b);
-            gen_add(&g, n, 0.044f, 2, D, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.proj.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc1.weight", i, b);
-            gen_add(&g, n, 0.044f, 2, F, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc1.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, F, 0, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc2.weight", i, b);
-            gen_add(&g, n, 0.022f, 2, D, F, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc2.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-        }
-    gen_add(&g, "model.diffusion_model.final_layer.adaLN_modulation.1.weight", 0.01f, 2, 2 * D, D, 0, 0);
-    gen_add(&g, "model.diffusion_model.final_layer.adaLN_modulation.1.bias", 0.05f, 1, 2 * D, 0, 0, 0);
-    gen_add(&g, "model.diffusion_model.final_layer.linear.weight", 0.044f, 2, 64, D, 0, 0);
-    gen_add(&g, "model.diffusion_model.final_layer.linear.bias", 0.02f, 1, 64, 0, 0, 0);
-    enum { NT = 16 };
-    pthread_t th[NT];
-    struct fill_job jobs[NT];
-    for (int i = 0; i < NT; i++) {
-        jobs[i] = (struct fill_job){&g, i, NT};
-        pthread_create(&th[i], NULL, fill_thread, &jobs[i]);
-    }
-    for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
-    double t1 = now();
-    struct sd3q_errbuf e;
-    enum sd3q_status st = st_write(path, g.t, g.n, NULL, 0, &e);
-    printf("generated %d random F16 tensors in %.1f s, wrote %s in %.1f s\n", g.n, t1 - t0, path, now() - t1);
-    if (st != SD3Q_OK) fprintf(stderr, "%s\n", e.msg);
-    for (int i = 0; i < g.n; i++) {
-        free((void *)g.t[i].data);
-        free(g.names[i]);
-    }
-    free(g.t);
-    free(g.scale);
-    free(g.shapes);
-    free(g.names);
-    return st == SD3Q_OK ? 0 : 1;
+    struct bw_file * f = bw_new();
+    bw_add_mmdit(f, DT_F16);
+    int r = bw_write(f, path);
+    bw_free(f);
+    return r;
 }
 
 // ---- FLOP count ----------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 #include "io/fileutil.h"
 #include "io/safetensors.h"
 #include "sd3q.h"
+#include "weights.h"
 
 static double now(void) {
     struct timespec t;
@@ -43,7 +44,7 @@ static double proc_status_mib(const char * field) {
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 
-// xorshift64*: fast, fine for benchmark weights.
+// xorshift64*: fast, fine for benchmark inputs.
 static float rnd(void) {
     rng_state ^= rng_state >> 12;
     rng_state ^= rng_state << 25;
@@ -52,103 +53,13 @@ static float rnd(void) {
     return (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
 }
 
-struct gen {
-    struct st_wtensor * t;
-    int                 n, cap;
-    int64_t *           shapes;  // 4 per tensor
-    char **             names;
-};
-
-// Adds one random F16 tensor of up to 4 dims with uniform values in ±scale.
-static void gen_add(struct gen * g, const char * name, float scale, int nd, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
-    if (g->n == g->cap) {
-        g->cap = g->cap ? g->cap * 2 : 512;
-        g->t = realloc(g->t, sizeof(*g->t) * (size_t)g->cap);
-        g->shapes = realloc(g->shapes, sizeof(int64_t) * 4 * (size_t)g->cap);
-        g->names = realloc(g->names, sizeof(char *) * (size_t)g->cap);
-    }
-    int64_t * sh = g->shapes + 4 * g->n;
-    int64_t d[4] = {d0, d1, d2, d3}, numel = 1;
-    for (int i = 0; i < nd; i++) numel *= (sh[i] = d[i]);
-    uint16_t * data = malloc(sizeof(uint16_t) * (size_t)numel);
-    if (!data) {
-        fprintf(stderr, "out of memory generating %s\n", name);
-        exit(1);
-    }
-    for (int64_t i = 0; i < numel; i++) data[i] = f32_to_f16(scale * rnd());
-    g->names[g->n] = strdup(name);
-    g->t[g->n] = (struct st_wtensor){g->names[g->n], DT_F16, nd, sh, data};
-    g->n++;
-}
-
-// Writes an SD3-Medium-shaped MMDiT (original single-file names) with random weights.
+// Writes an SD3-Medium-shaped MMDiT (original single-file names) with random F16 weights.
 static int make_weights(const char * path) {
-    const int depth = 24, D = 1536, F = 6144, ctx = 4096, pooled = 2048, grid = 192;
-    struct gen g = {0};
-    char n[160];
-    double t0 = now();
-    gen_add(&g, "model.diffusion_model.pos_embed", 0.5f, 3, 1, (int64_t)grid * grid, D, 0);
-    gen_add(&g, "model.diffusion_model.x_embedder.proj.weight", 0.12f, 4, D, 16, 2, 2);
-    gen_add(&g, "model.diffusion_model.x_embedder.proj.bias", 0.02f, 1, D, 0, 0, 0);
-    const char * mlps[2][2] = {{"t_embedder", "256"}, {"y_embedder", "2048"}};
-    for (int k = 0; k < 2; k++) {
-        int in = k ? pooled : 256;
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.0.weight", mlps[k][0]);
-        gen_add(&g, n, 1.7f / 45.0f, 2, D, in, 0, 0);
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.0.bias", mlps[k][0]);
-        gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.2.weight", mlps[k][0]);
-        gen_add(&g, n, 0.044f, 2, D, D, 0, 0);
-        snprintf(n, sizeof n, "model.diffusion_model.%s.mlp.2.bias", mlps[k][0]);
-        gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-    }
-    gen_add(&g, "model.diffusion_model.context_embedder.weight", 0.027f, 2, D, ctx, 0, 0);
-    gen_add(&g, "model.diffusion_model.context_embedder.bias", 0.02f, 1, D, 0, 0, 0);
-    for (int i = 0; i < depth; i++) {
-        for (int s = 0; s < 2; s++) {
-            const char * b = s ? "context_block" : "x_block";
-            int pre = s == 1 && i == depth - 1;
-            int nm = pre ? 2 : 6;
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.adaLN_modulation.1.weight", i, b);
-            gen_add(&g, n, 0.01f, 2, (int64_t)nm * D, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.adaLN_modulation.1.bias", i, b);
-            gen_add(&g, n, 0.05f, 1, (int64_t)nm * D, 0, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.qkv.weight", i, b);
-            gen_add(&g, n, 0.044f, 2, 3 * D, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.qkv.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, 3 * D, 0, 0, 0);
-            if (pre) continue;
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.proj.weight", i, b);
-            gen_add(&g, n, 0.044f, 2, D, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.attn.proj.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc1.weight", i, b);
-            gen_add(&g, n, 0.044f, 2, F, D, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc1.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, F, 0, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc2.weight", i, b);
-            gen_add(&g, n, 0.022f, 2, D, F, 0, 0);
-            snprintf(n, sizeof n, "model.diffusion_model.joint_blocks.%d.%s.mlp.fc2.bias", i, b);
-            gen_add(&g, n, 0.02f, 1, D, 0, 0, 0);
-        }
-    }
-    gen_add(&g, "model.diffusion_model.final_layer.adaLN_modulation.1.weight", 0.01f, 2, 2 * D, D, 0, 0);
-    gen_add(&g, "model.diffusion_model.final_layer.adaLN_modulation.1.bias", 0.05f, 1, 2 * D, 0, 0, 0);
-    gen_add(&g, "model.diffusion_model.final_layer.linear.weight", 0.044f, 2, 64, D, 0, 0);
-    gen_add(&g, "model.diffusion_model.final_layer.linear.bias", 0.02f, 1, 64, 0, 0, 0);
-    double t1 = now();
-    struct sd3q_errbuf e;
-    enum sd3q_status st = st_write(path, g.t, g.n, NULL, 0, &e);
-    printf("generated %d random F16 tensors in %.1f s, wrote %s in %.1f s\n", g.n, t1 - t0, path, now() - t1);
-    if (st != SD3Q_OK) fprintf(stderr, "%s\n", e.msg);
-    for (int i = 0; i < g.n; i++) {
-        free((void *)g.t[i].data);
-        free(g.names[i]);
-    }
-    free(g.t);
-    free(g.shapes);
-    free(g.names);
-    return st == SD3Q_OK ? 0 : 1;
+    struct bw_file * f = bw_new();
+    bw_add_mmdit(f, DT_F16);
+    int r = bw_write(f, path);
+    bw_free(f);
+    return r;
 }
 
 // Parses "a,b,c" into up to 8 ints.

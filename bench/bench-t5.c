@@ -24,6 +24,7 @@
 #include "model/t5.h"
 #include "model/text.h"
 #include "sd3q.h"
+#include "weights.h"
 
 static double now(void) {
     struct timespec t;
@@ -67,184 +68,23 @@ static uint64_t rnd_u64(void) {
 // Uniform in [-1, 1).
 static float rnd(void) { return (float)((rnd_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
 
-// ---- a streaming safetensors writer (the T5 file is 9.5 GB: never held in memory) ---------------------------------
-
-#define POOL (1 << 24)  // random values per pool; tensors are filled from random offsets of a pool
-
-struct wtensor {
-    char       name[160];
-    enum dtype type;
-    int        ndim;
-    int64_t    shape[2];
-    int        pool;  // 0 embedding (±1), 1 Linear with fan-in D, 2 Linear with fan-in F, 3 ones (norms)
-};
-
-struct wfile {
-    struct wtensor t[1024];
-    int            n;
-};
-
-static void add(struct wfile * f, const char * name, enum dtype type, int pool, int64_t d0, int64_t d1) {
-    if (f->n == (int)(sizeof f->t / sizeof f->t[0])) {
-        fprintf(stderr, "bench-t5: too many tensors\n");
-        exit(1);
-    }
-    struct wtensor * t = &f->t[f->n++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->type = type, t->pool = pool, t->ndim = d1 ? 2 : 1, t->shape[0] = d0, t->shape[1] = d1;
-}
-
-// Writes the tensors with random values: header, then data streamed from the pools. Returns 0 on success.
-static int write_file(const char * path, const struct wfile * f, const float scale[3]) {
-    size_t hcap = 256 + (size_t)f->n * 320, hl = 0;
-    char * h = malloc(hcap);
-    uint64_t off = 0;
-    hl += (size_t)snprintf(h + hl, hcap - hl, "{");
-    for (int i = 0; i < f->n; i++) {
-        const struct wtensor * t = &f->t[i];
-        uint64_t bytes = (uint64_t)t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1) * dtype_size(t->type);
-        hl += (size_t)snprintf(h + hl, hcap - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld", i ? "," : "", t->name, dtype_name(t->type),
-                               (long long)t->shape[0]);
-        if (t->ndim == 2) hl += (size_t)snprintf(h + hl, hcap - hl, ",%lld", (long long)t->shape[1]);
-        hl += (size_t)snprintf(h + hl, hcap - hl, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                               (unsigned long long)(off + bytes));
-        off += bytes;
-    }
-    hl += (size_t)snprintf(h + hl, hcap - hl, "}");
-    while (hl % 8) h[hl++] = ' ';
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE * fp = fopen(tmp, "wb");
-    if (!fp) {
-        perror(tmp);
-        free(h);
-        return 1;
-    }
-    uint64_t hl64 = hl;
-    fwrite(&hl64, 8, 1, fp);
-    fwrite(h, 1, hl, fp);
-    free(h);
-    // pools: F16 values at three scales, and F8_E4M3 bytes (random sign, exponent 0–2, mantissa: |v| ≤ 0.23)
-    uint16_t * p16[3];
-    uint8_t * p8 = malloc(POOL);
-    for (int k = 0; k < 3; k++) {
-        p16[k] = malloc(sizeof(uint16_t) * POOL);
-        for (int i = 0; i < POOL; i++) p16[k][i] = f32_to_f16(scale[k] * rnd());
-    }
-    for (int i = 0; i < POOL; i++) {
-        uint64_t r = rnd_u64() >> 32;
-        p8[i] = (uint8_t)((r & 0x80) | ((r >> 8) % 3) << 3 | (r >> 16 & 7));
-    }
-    const uint16_t one = f32_to_f16(1.0f);
-    uint16_t ones[4096];
-    for (int i = 0; i < 4096; i++) ones[i] = one;
-    for (int i = 0; i < f->n; i++) {
-        const struct wtensor * t = &f->t[i];
-        int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
-        for (int64_t done = 0; done < n;) {
-            int64_t chunk = n - done < (1 << 20) ? n - done : (1 << 20);
-            if (t->pool == 3) {
-                chunk = chunk < 4096 ? chunk : 4096;
-                fwrite(ones, 2, (size_t)chunk, fp);
-            } else if (t->type == DT_F8_E4M3) {
-                fwrite(p8 + rnd_u64() % (POOL - chunk), 1, (size_t)chunk, fp);
-            } else {
-                fwrite(p16[t->pool] + rnd_u64() % (POOL - chunk), 2, (size_t)chunk, fp);
-            }
-            done += chunk;
-        }
-    }
-    for (int k = 0; k < 3; k++) free(p16[k]);
-    free(p8);
-    int bad = ferror(fp);
-    bad |= fclose(fp) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        perror(path);
-        remove(tmp);
-        return 1;
-    }
-    return 0;
-}
+// ---- random weights (bench/weights.c streams them to disk: the T5 file is 9.5 GB) --------------------------------------
 
 // T5-XXL's tensors (original single-file names); Linear weights in `lin` (F16 or F8_E4M3).
 static int make_t5(const char * path, enum dtype lin) {
-    const int D = 4096, F = 10240, NL = 24, V = 32128, NH = 64;
-    static struct wfile f;
-    f.n = 0;
-    char n[128];
-    const char * p = "text_encoders.t5xxl.transformer.";
-    snprintf(n, sizeof n, "%sshared.weight", p);
-    add(&f, n, DT_F16, 0, V, D);
-    snprintf(n, sizeof n, "%sencoder.final_layer_norm.weight", p);
-    add(&f, n, DT_F16, 3, D, 0);
-    snprintf(n, sizeof n, "%sencoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", p);
-    add(&f, n, DT_F16, 0, 32, NH);
-    for (int i = 0; i < NL; i++) {
-        for (int k = 0; k < 4; k++) {
-            snprintf(n, sizeof n, "%sencoder.block.%d.layer.0.SelfAttention.%c.weight", p, i, "qkvo"[k]);
-            add(&f, n, lin, 1, D, D);
-        }
-        snprintf(n, sizeof n, "%sencoder.block.%d.layer.0.layer_norm.weight", p, i);
-        add(&f, n, DT_F16, 3, D, 0);
-        for (int k = 0; k < 2; k++) {
-            snprintf(n, sizeof n, "%sencoder.block.%d.layer.1.DenseReluDense.wi_%d.weight", p, i, k);
-            add(&f, n, lin, 1, F, D);
-        }
-        snprintf(n, sizeof n, "%sencoder.block.%d.layer.1.DenseReluDense.wo.weight", p, i);
-        add(&f, n, lin, 2, D, F);
-        snprintf(n, sizeof n, "%sencoder.block.%d.layer.1.layer_norm.weight", p, i);
-        add(&f, n, DT_F16, 3, D, 0);
-    }
-    const float scale[3] = {1.0f, sqrtf(3.0f / 4096), sqrtf(3.0f / 10240)};
-    double t0 = now();
-    int r = write_file(path, &f, scale);
-    printf("wrote %s (%d tensors, Linear weights %s) in %.1f s\n", path, f.n, dtype_name(lin), now() - t0);
+    struct bw_file * f = bw_new();
+    bw_add_t5(f, lin);
+    int r = bw_write(f, path);
+    bw_free(f);
     return r;
 }
 
 // CLIP-G's tensors (bigG/14 text tower, F16).
 static int make_clip_g(const char * path) {
-    const int W = 1280, F = 5120, NL = 32, V = 49408;
-    static struct wfile f;
-    f.n = 0;
-    char n[160];
-    const char * p = "text_encoders.clip_g.transformer.text_model.";
-    snprintf(n, sizeof n, "%sembeddings.token_embedding.weight", p);
-    add(&f, n, DT_F16, 0, V, W);
-    snprintf(n, sizeof n, "%sembeddings.position_embedding.weight", p);
-    add(&f, n, DT_F16, 0, 77, W);
-    snprintf(n, sizeof n, "%sfinal_layer_norm.weight", p);
-    add(&f, n, DT_F16, 3, W, 0);
-    snprintf(n, sizeof n, "%sfinal_layer_norm.bias", p);
-    add(&f, n, DT_F16, 1, W, 0);
-    add(&f, "text_encoders.clip_g.transformer.text_projection.weight", DT_F16, 1, W, W);
-    for (int i = 0; i < NL; i++) {
-        static const char * const lin[4] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"};
-        for (int k = 0; k < 4; k++) {
-            snprintf(n, sizeof n, "%sencoder.layers.%d.%s.weight", p, i, lin[k]);
-            add(&f, n, DT_F16, 1, W, W);
-            snprintf(n, sizeof n, "%sencoder.layers.%d.%s.bias", p, i, lin[k]);
-            add(&f, n, DT_F16, 1, W, 0);
-        }
-        for (int k = 1; k <= 2; k++) {
-            snprintf(n, sizeof n, "%sencoder.layers.%d.layer_norm%d.weight", p, i, k);
-            add(&f, n, DT_F16, 3, W, 0);
-            snprintf(n, sizeof n, "%sencoder.layers.%d.layer_norm%d.bias", p, i, k);
-            add(&f, n, DT_F16, 1, W, 0);
-        }
-        snprintf(n, sizeof n, "%sencoder.layers.%d.mlp.fc1.weight", p, i);
-        add(&f, n, DT_F16, 1, F, W);
-        snprintf(n, sizeof n, "%sencoder.layers.%d.mlp.fc1.bias", p, i);
-        add(&f, n, DT_F16, 1, F, 0);
-        snprintf(n, sizeof n, "%sencoder.layers.%d.mlp.fc2.weight", p, i);
-        add(&f, n, DT_F16, 2, W, F);
-        snprintf(n, sizeof n, "%sencoder.layers.%d.mlp.fc2.bias", p, i);
-        add(&f, n, DT_F16, 1, W, 0);
-    }
-    const float scale[3] = {1.0f, sqrtf(3.0f / 1280), sqrtf(3.0f / 5120)};
-    double t0 = now();
-    int r = write_file(path, &f, scale);
-    printf("wrote %s (%d tensors) in %.1f s\n", path, f.n, now() - t0);
+    struct bw_file * f = bw_new();
+    bw_add_clip(f, "text_encoders.clip_g.transformer.", 1280, 32, 5120, 1);
+    int r = bw_write(f, path);
+    bw_free(f);
     return r;
 }
 

@@ -24,7 +24,7 @@
 
 #define MAX_LAYERS 512
 
-struct collector {
+struct act_collector {
     int              n;
     char             names[MAX_LAYERS][64];
     int64_t          C[MAX_LAYERS];
@@ -34,7 +34,7 @@ struct collector {
 
 // The MMDiT hook: every "mm…" activation (a Linear's input) goes into its layer's accumulator.
 static void on_tensor(void * ud, const char * name, const void * data, int64_t batch, int64_t rows, int64_t cols) {
-    struct collector * c = ud;
+    struct act_collector * c = ud;
     if (strncmp(name, "mm", 2) != 0) return;
     int i = 0;
     while (i < c->n && strcmp(c->names[i], name) != 0) i++;
@@ -49,6 +49,16 @@ static void on_tensor(void * ud, const char * name, const void * data, int64_t b
     }
     act_stats_add(&c->acc[i], data, batch * rows);
 }
+
+struct act_collector * act_collector_new(void) { return calloc(1, sizeof(struct act_collector)); }
+
+void act_collector_free(struct act_collector * c) {
+    if (!c) return;
+    for (int l = 0; l < c->n; l++) act_stats_free(&c->acc[l]);
+    free(c);
+}
+
+struct mmdit_hook act_collector_hook(struct act_collector * c) { return (struct mmdit_hook){c, on_tensor, NULL}; }
 
 // Reads a prompt-embedding file: context [1, L, D] and pooled [1, P] (shape-checked against the model).
 static enum sd3q_status read_embeds(const char * dir, const char * rel, int64_t L, int64_t D, int64_t P, float ** ctx, float ** pooled,
@@ -69,7 +79,7 @@ static enum sd3q_status read_embeds(const char * dir, const char * rel, int64_t 
 enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_params * p, struct sd3q_errbuf * e) {
     struct calib_manifest man = {0};
     struct stats_table tab = {0};
-    struct collector * col = calloc(1, sizeof(*col));
+    struct act_collector * col = act_collector_new();
     float * nctx = NULL, * npool = NULL, ** pctx = NULL, ** ppool = NULL, * x = NULL, * ctx2 = NULL, * pool2 = NULL, * vout = NULL;
     int * imgs = NULL;
     enum sd3q_status st = SD3Q_OK;
@@ -133,7 +143,7 @@ enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_par
         st = err_set(e, SD3Q_ERR_OOM, "out of memory");
         goto done;
     }
-    s->hook = (struct mmdit_hook){col, on_tensor, NULL};
+    s->hook = act_collector_hook(col);
     float ** shift = NULL;  // per layer: the running post-GELU shift
     for (int si = 0; si < tab.n_steps && st == SD3Q_OK; si++) {
         int k = si * stride;
@@ -223,8 +233,7 @@ enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_par
     free(shift);
 done:
     s->hook = (struct mmdit_hook){0};
-    for (int l = 0; l < col->n; l++) act_stats_free(&col->acc[l]);
-    free(col);
+    act_collector_free(col);
     for (int i = 0; pctx && i < man.n_prompts; i++) free(pctx[i]), free(ppool[i]);
     free(pctx), free(ppool), free(nctx), free(npool), free(x), free(vout), free(ctx2), free(pool2), free(imgs);
     stats_free(&tab);
