@@ -15,13 +15,8 @@
 #include "model/session.h"
 #include "quant/collect.h"
 #include "sd3q.h"
-#include "weights.h"
+#include "common.h"
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int main(int argc, char ** argv) {
     const char * model = "models/tiny-sd3";
@@ -79,9 +74,9 @@ int main(int argc, char ** argv) {
     for (int r = 0; r < reps; r++)
         for (int k = 0; k < 2; k++) {
             s->hook = k ? act_collector_hook(col) : (struct mmdit_hook){0};
-            double t0 = now();
+            double t0 = bench_now();
             sd3q_session_mmdit(s, 2, lat, lat, x, ctx, c, p, t, out);
-            double dt = now() - t0;
+            double dt = bench_now() - t0;
             if (dt < best[k]) best[k] = dt;
         }
     s->hook = (struct mmdit_hook){0};

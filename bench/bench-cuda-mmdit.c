@@ -23,7 +23,7 @@
 #include "io/safetensors.h"
 #include "model/session.h"
 #include "sd3q.h"
-#include "weights.h"
+#include "common.h"
 
 #ifndef SD3Q_HAVE_CUDA
 // Without a CUDA build there is nothing to run.
@@ -34,12 +34,6 @@ int main(void) {
 #else
 #include "backend/cuda/cuda-backend.h"
 
-// Monotonic seconds.
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 // ---- random SD3-Medium-shaped weights --------------------------------------------------------------------------------
 
@@ -248,7 +242,7 @@ int main(int argc, char ** argv) {
     mp.path = weights;
     struct sd3q_model * model;
     char err[1024];
-    double t0 = now();
+    double t0 = bench_now();
     if (sd3q_model_load(&mp, &model, err, sizeof err) != SD3Q_OK) {
         fprintf(stderr, "%s\n", err);
         return 1;
@@ -256,7 +250,7 @@ int main(int argc, char ** argv) {
     struct sd3q_mmdit_info info;
     sd3q_model_mmdit_info(model, &info);
     const struct mmdit * m = model->mmdit;
-    printf("loaded %.3f G parameters (depth %d, D %d) in %.2f s\n", (double)info.n_params / 1e9, info.depth, info.hidden, now() - t0);
+    printf("loaded %.3f G parameters (depth %d, D %d) in %.2f s\n", (double)info.n_params / 1e9, info.depth, info.hidden, bench_now() - t0);
     if (gen_only) {
         for (int r = 0; r < nres; r++) {
             struct flops f = count_flops(&info, 2, res[r] / 8, ctx);
@@ -271,14 +265,14 @@ int main(int argc, char ** argv) {
     sp.device = SD3Q_DEVICE_CUDA;
     sp.max_batch = 2, sp.max_latent_h = 128, sp.max_latent_w = 128, sp.max_context = ctx;
     struct sd3q_session * s;
-    t0 = now();
+    t0 = bench_now();
     if (sd3q_session_init(model, &sp, &s, err, sizeof err) != SD3Q_OK) {
         fprintf(stderr, "session: %s\n", err);
         return 1;
     }
     char dev[256] = "?";
     backend_cuda_device_name(s->bk, dev, sizeof dev);
-    printf("device %s; session init (weights converted to bf16 and uploaded) %.2f s; arena %.1f MiB\n", dev, now() - t0,
+    printf("device %s; session init (weights converted to bf16 and uploaded) %.2f s; arena %.1f MiB\n", dev, bench_now() - t0,
            (double)sd3q_session_arena_bytes(s) / 1048576.0);
     print_mem("after init", s->bk);
     printf("RESULT device=\"%s\"\n", dev);
@@ -332,9 +326,9 @@ int main(int argc, char ** argv) {
         float * c1 = rand_host((int64_t)ctx * info.context_dim, 1.0f, 13), * p0 = rand_host(info.pooled_dim, 1.0f, 14);
         float * p1 = rand_host(info.pooled_dim, 1.0f, 15);
         struct sd3q_cond cond = {ctx, c1, p1}, unc = {ctx, c0, p0};
-        double ts = now();
+        double ts = bench_now();
         enum sd3q_status st = sd3q_session_sample(s, lat, lat, steps, 3.0f, 7.0f, &cond, &unc, lt);
-        double dt = now() - ts;
+        double dt = bench_now() - ts;
         if (st != SD3Q_OK) fprintf(stderr, "sample: %s\n", sd3q_session_last_error(s));
         printf("\n== %d-step 1024² sampling (CFG 7, batch 2 per step): %.3f s (%.2f ms per step)\n", steps, dt, 1e3 * dt / steps);
         printf("RESULT sample_steps=%d sample_s=%.3f\n", steps, dt);

@@ -13,15 +13,11 @@
 #include <time.h>
 
 #include "backend/backend.h"
+#include "common.h"
 #include "core/dtype.h"
 
 void openblas_set_num_threads(int num_threads);
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 // Builds a single-part weight view over a buffer.
 static struct wt make_wt(enum dtype t, const void * data, int64_t n, int64_t k) {
@@ -73,14 +69,14 @@ int main(int argc, char ** argv) {
         double best[3] = {1e30, 1e30, 1e30};
         for (int r = 0; r < reps + 1; r++) {  // first round is a warm-up
             openblas_set_num_threads(threads);
-            double t0 = now();
+            double t0 = bench_now();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
-            double t1 = now();
+            double t1 = bench_now();
             openblas_set_num_threads(1);
             bk->ops->linear(bk, y, x, M, &w32, NULL);
-            double t2 = now();
+            double t2 = bench_now();
             bk->ops->linear(bk, y, x, M, &w16, NULL);
-            double t3 = now();
+            double t3 = bench_now();
             if (r == 0) continue;
             if (t1 - t0 < best[0]) best[0] = t1 - t0;
             if (t2 - t1 < best[1]) best[1] = t2 - t1;

@@ -18,29 +18,9 @@
 #include "io/fileutil.h"
 #include "io/safetensors.h"
 #include "sd3q.h"
-#include "weights.h"
+#include "common.h"
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
-// Reads a "Name:   123 kB" field of /proc/self/status in MiB (-1 if unavailable).
-static double proc_status_mib(const char * field) {
-    FILE * f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    char line[256];
-    double v = -1;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
-            v = atof(line + fl + 1) / 1024.0;
-            break;
-        }
-    fclose(f);
-    return v;
-}
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 
@@ -89,8 +69,8 @@ int main(int argc, char ** argv) {
     }
     if (!path_is_file(weights) && make_weights(weights) != 0) return 1;
 
-    double rss0 = proc_status_mib("VmRSS");
-    double t0 = now();
+    double rss0 = bench_proc_mib("VmRSS");
+    double t0 = bench_now();
     struct sd3q_model_params mp = sd3q_model_default_params();
     mp.path = weights;
     struct sd3q_model * m;
@@ -102,7 +82,7 @@ int main(int argc, char ** argv) {
     struct sd3q_mmdit_info info;
     sd3q_model_mmdit_info(m, &info);
     printf("loaded %.3f G parameters in %.3f s; RSS %.0f → %.0f MiB (anon %.0f MiB, file %.0f MiB): weights stay in the mapping\n",
-           (double)info.n_params / 1e9, now() - t0, rss0, proc_status_mib("VmRSS"), proc_status_mib("RssAnon"), proc_status_mib("RssFile"));
+           (double)info.n_params / 1e9, bench_now() - t0, rss0, bench_proc_mib("VmRSS"), bench_proc_mib("RssAnon"), bench_proc_mib("RssFile"));
 
     for (int r = 0; r < nres; r++) {
         int lat = res[r] / 8;
@@ -125,19 +105,19 @@ int main(int argc, char ** argv) {
                 return 1;
             }
             if (r == 0 && k == 0) {  // fault the mapped weights in once, outside the timings
-                double tw = now();
+                double tw = bench_now();
                 sd3q_session_mmdit(s, 2, lat, lat, x, ctx, c, p, t, out);
-                printf("warm-up pass (page faults on the mapping): %.1f s\n", now() - tw);
+                printf("warm-up pass (page faults on the mapping): %.1f s\n", bench_now() - tw);
                 sd3q_session_profile(s, 1, NULL, 0);
             }
             double best = 1e30;
             for (int rep = 0; rep < reps; rep++) {
-                double ts = now();
+                double ts = bench_now();
                 if (sd3q_session_mmdit(s, 2, lat, lat, x, ctx, c, p, t, out) != SD3Q_OK) {
                     fprintf(stderr, "%s\n", sd3q_session_last_error(s));
                     return 1;
                 }
-                double dt = now() - ts;
+                double dt = bench_now() - ts;
                 if (dt < best) best = dt;
             }
             char prof[4096];

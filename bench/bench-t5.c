@@ -24,13 +24,8 @@
 #include "model/t5.h"
 #include "model/text.h"
 #include "sd3q.h"
-#include "weights.h"
+#include "common.h"
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 // CPU seconds of the whole process (all threads): a contention-robust cost next to the wall time.
 static double cpu_now(void) {
@@ -39,21 +34,6 @@ static double cpu_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// Reads a "Name:   123 kB" field of /proc/self/status in MiB (-1 if unavailable).
-static double proc_mib(const char * field) {
-    FILE * f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    char line[256];
-    double v = -1;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
-            v = atof(line + fl + 1) / 1024.0;
-            break;
-        }
-    fclose(f);
-    return v;
-}
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -65,8 +45,6 @@ static uint64_t rnd_u64(void) {
     return rng_state * 0x2545f4914f6cdd1dull;
 }
 
-// Uniform in [-1, 1).
-static float rnd(void) { return (float)((rnd_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
 
 // ---- random weights (bench/weights.c streams them to disk: the T5 file is 9.5 GB) --------------------------------------
 
@@ -101,8 +79,8 @@ static int parse_list(const char * s, int * out) {
 
 // Prints the memory line after a pass.
 static void mem_line(const char * when) {
-    printf("   %-28s RssAnon %8.1f MiB   RssFile %8.1f MiB   VmHWM %8.1f MiB\n", when, proc_mib("RssAnon"), proc_mib("RssFile"),
-           proc_mib("VmHWM"));
+    printf("   %-28s RssAnon %8.1f MiB   RssFile %8.1f MiB   VmHWM %8.1f MiB\n", when, bench_proc_mib("RssAnon"), bench_proc_mib("RssFile"),
+           bench_proc_mib("VmHWM"));
 }
 
 // Loads a model from split component files (either may be NULL).
@@ -112,13 +90,13 @@ static struct sd3q_model * load(const char * t5, const char * clip_g) {
     mp.clip_g_path = clip_g;
     struct sd3q_model * m = NULL;
     char err[1024];
-    double t0 = now();
+    double t0 = bench_now();
     if (sd3q_model_load(&mp, &m, err, sizeof err) != SD3Q_OK) {
         fprintf(stderr, "%s\n", err);
         return NULL;
     }
-    printf("loaded %s in %.3f s; RssAnon %.1f MiB, RssFile %.1f MiB (the weights stay in the mapping)\n", t5 ? t5 : clip_g, now() - t0,
-           proc_mib("RssAnon"), proc_mib("RssFile"));
+    printf("loaded %s in %.3f s; RssAnon %.1f MiB, RssFile %.1f MiB (the weights stay in the mapping)\n", t5 ? t5 : clip_g, bench_now() - t0,
+           bench_proc_mib("RssAnon"), bench_proc_mib("RssFile"));
     return m;
 }
 
@@ -153,12 +131,12 @@ static int bench_t5(const char * path, const char * label, const int * thr, int 
         printf("== T5 %s, %d token(s), %d thread(s): arena %.1f MiB\n", label, L, thr[k], (double)sd3q_session_arena_bytes(s) / (1 << 20));
         const int passes = reps + cold;  // the first pass of the run faults the mapped weights in
         for (int r = 0; r < passes; r++) {
-            double t0 = now(), c0 = cpu_now();
+            double t0 = bench_now(), c0 = cpu_now();
             if (text_encode_t5(s, ids, L, out) != SD3Q_OK) {
                 fprintf(stderr, "%s\n", sd3q_session_last_error(s));
                 return 1;
             }
-            double dt = now() - t0, dc = cpu_now() - c0;
+            double dt = bench_now() - t0, dc = cpu_now() - c0;
             double sum = 0;
             for (int64_t i = 0; i < (int64_t)L * c->d_model; i++) sum += fabs((double)out[i]);
             printf("   %s pass: %7.2f s  %7.1f GFLOP/s   (CPU time %.2f s = %.1f GFLOP per CPU-second; mean |out| %.3f)\n",
@@ -197,12 +175,12 @@ static int bench_clip_g(const char * path, const int * thr, int nthr, int reps) 
         if (!s) return 1;
         const int passes = reps + cold;
         for (int r = 0; r < passes; r++) {
-            double t0 = now(), c0 = cpu_now();
+            double t0 = bench_now(), c0 = cpu_now();
             if (text_encode_clip(s, 1, ids, pen, pooled, NULL) != SD3Q_OK) {
                 fprintf(stderr, "%s\n", sd3q_session_last_error(s));
                 return 1;
             }
-            double dt = now() - t0, dc = cpu_now() - c0;
+            double dt = bench_now() - t0, dc = cpu_now() - c0;
             printf("== CLIP-G, 77 tokens, %d thread(s), %s pass: %.3f s  %.1f GFLOP/s (CPU time %.2f s)\n", thr[k], cold ? "cold" : "warm",
                    dt, flops / dt / 1e9, dc);
             cold = 0;
@@ -252,6 +230,6 @@ int main(int argc, char ** argv) {
             if (bench_t5(t5f8, "F8_E4M3", thr, nthr, L, reps) != 0) return 1;
         }
     }
-    printf("peak RSS (VmHWM) %.0f MiB — includes the mapped weight pages the passes touched\n", proc_mib("VmHWM"));
+    printf("peak RSS (VmHWM) %.0f MiB — includes the mapped weight pages the passes touched\n", bench_proc_mib("VmHWM"));
     return 0;
 }

@@ -10,6 +10,7 @@
 
 #include "io/fileutil.h"
 #include "io/json.h"
+#include "io/safetensors.h"
 
 void calib_prompt_file(int id, char * buf, size_t n) { snprintf(buf, n, "prompts/p%04d.safetensors", id); }
 void calib_latents_file(int id, char * buf, size_t n) { snprintf(buf, n, "latents/%04d.safetensors", id); }
@@ -171,4 +172,34 @@ void calib_free(struct calib_manifest * m) {
     free(m->prompts);
     free(m->images);
     memset(m, 0, sizeof(*m));
+}
+
+enum sd3q_status calib_write_embeds(const char * dir, const char * rel, const float * ctx, int64_t L, int64_t D, const float * pooled,
+                                    int64_t P, struct sd3q_errbuf * e) {
+    char * path = path_join(dir, rel);
+    if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
+    int64_t cs[3] = {1, L, D}, ps[2] = {1, P};
+    struct st_wtensor t[2] = {{"context", DT_F32, 3, cs, ctx}, {"pooled", DT_F32, 2, ps, pooled}};
+    enum sd3q_status st = st_write(path, t, 2, NULL, 0, e);
+    free(path);
+    return st;
+}
+
+enum sd3q_status calib_read_embeds(const char * dir, const char * rel, int64_t L, int64_t D, int64_t P, float ** ctx, float ** pooled,
+                                   struct sd3q_errbuf * e) {
+    *ctx = *pooled = NULL;
+    char * path = path_join(dir, rel);
+    if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
+    struct st_file f;
+    enum sd3q_status st = st_open(path, &f, e);
+    free(path);
+    if (st != SD3Q_OK) return st;
+    int64_t cs[3] = {1, L, D}, ps[2] = {1, P};
+    *ctx = st_read_f32(&f, "context", 3, cs, e);
+    *pooled = *ctx ? st_read_f32(&f, "pooled", 2, ps, e) : NULL;
+    st_close(&f);
+    if (*ctx && *pooled) return SD3Q_OK;
+    free(*ctx);
+    *ctx = NULL;
+    return SD3Q_ERR_FORMAT;  // st_read_f32 described it
 }

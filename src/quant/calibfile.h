@@ -55,6 +55,14 @@ enum sd3q_status calib_write(const char * dir, const struct calib_manifest * m, 
 // Frees a manifest.
 void calib_free(struct calib_manifest * m);
 
+// Writes one prompt's embeddings (context [1, L, D], pooled [1, P]) to DIR/rel atomically.
+enum sd3q_status calib_write_embeds(const char * dir, const char * rel, const float * ctx, int64_t L, int64_t D, const float * pooled,
+                                    int64_t P, struct sd3q_errbuf * e);
+
+// Reads them back into new arrays (shapes checked); on failure both are NULL.
+enum sd3q_status calib_read_embeds(const char * dir, const char * rel, int64_t L, int64_t D, int64_t P, float ** ctx, float ** pooled,
+                                   struct sd3q_errbuf * e);
+
 // Relative file names, for a prompt id or an image id.
 void calib_prompt_file(int id, char * buf, size_t n);    // "prompts/p0007.safetensors"
 void calib_latents_file(int id, char * buf, size_t n);   // "latents/0007.safetensors"

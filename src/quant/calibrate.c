@@ -180,34 +180,6 @@ static void capture_step(void * ud, int k, float sigma, float timestep, const fl
     if (timestep > 0 || sigma > 0) c->ts[k] = timestep;
 }
 
-// Writes one prompt's embeddings.
-static enum sd3q_status write_embeds(const char * dir, const char * rel, const float * ctx, int64_t L, int64_t D, const float * pooled,
-                                     int64_t P, struct sd3q_errbuf * e) {
-    char * path = path_join(dir, rel);
-    if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
-    int64_t cs[3] = {1, L, D}, ps[2] = {1, P};
-    struct st_wtensor t[2] = {{"context", DT_F32, 3, cs, ctx}, {"pooled", DT_F32, 2, ps, pooled}};
-    enum sd3q_status st = st_write(path, t, 2, NULL, 0, e);
-    free(path);
-    return st;
-}
-
-// Reads one prompt's embeddings back (shapes checked).
-static enum sd3q_status read_embeds(const char * dir, const char * rel, int64_t L, int64_t D, int64_t P, float ** ctx, float ** pooled,
-                                    struct sd3q_errbuf * e) {
-    char * path = path_join(dir, rel);
-    if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
-    struct st_file f;
-    enum sd3q_status st = st_open(path, &f, e);
-    free(path);
-    if (st != SD3Q_OK) return st;
-    int64_t cs[3] = {1, L, D}, ps[2] = {1, P};
-    *ctx = st_read_f32(&f, "context", 3, cs, e);
-    *pooled = *ctx ? st_read_f32(&f, "pooled", 2, ps, e) : NULL;
-    st_close(&f);
-    return *ctx && *pooled ? SD3Q_OK : SD3Q_ERR_FORMAT;
-}
-
 // Compares the settings of a run with those of an existing manifest; describes the first difference.
 static int settings_differ(const struct calib_settings * a, const struct calib_settings * b, char * why, size_t n) {
     if (a->steps != b->steps) return snprintf(why, n, "steps %d vs %d", a->steps, b->steps), 1;
@@ -329,7 +301,7 @@ enum sd3q_status quant_calibrate(struct sd3q_session * s, const struct calibrate
         st = err_set(e, st, "%s", sd3q_session_last_error(s));
         goto done;
     }
-    if ((st = write_embeds(p->out_dir, "prompts/negative.safetensors", nctx, L, D, npooled, P, e)) != SD3Q_OK) goto done;
+    if ((st = calib_write_embeds(p->out_dir, "prompts/negative.safetensors", nctx, L, D, npooled, P, e)) != SD3Q_OK) goto done;
     float scale, vshift;
     sd3q_model_vae_factors(m, &scale, &vshift);
     for (int i = man.n_images; i < p->num_images; i++) {
@@ -343,7 +315,7 @@ enum sd3q_status quant_calibrate(struct sd3q_session * s, const struct calibrate
         free(pp);
         if (have) {
             float * c2 = NULL, * p2 = NULL;
-            if ((st = read_embeds(p->out_dir, rel, L, D, P, &c2, &p2, e)) != SD3Q_OK) {
+            if ((st = calib_read_embeds(p->out_dir, rel, L, D, P, &c2, &p2, e)) != SD3Q_OK) {
                 free(c2);
                 goto done;
             }
@@ -355,7 +327,7 @@ enum sd3q_status quant_calibrate(struct sd3q_session * s, const struct calibrate
                 st = err_set(e, st, "%s", sd3q_session_last_error(s));
                 goto done;
             }
-            if ((st = write_embeds(p->out_dir, rel, ctx, L, D, pooled, P, e)) != SD3Q_OK) goto done;
+            if ((st = calib_write_embeds(p->out_dir, rel, ctx, L, D, pooled, P, e)) != SD3Q_OK) goto done;
         }
         // sample, keeping every step's latent
         sd3q_randn_torch((uint64_t)seed, cap.lat, nl);

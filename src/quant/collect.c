@@ -60,22 +60,6 @@ void act_collector_free(struct act_collector * c) {
 
 struct mmdit_hook act_collector_hook(struct act_collector * c) { return (struct mmdit_hook){c, on_tensor, NULL}; }
 
-// Reads a prompt-embedding file: context [1, L, D] and pooled [1, P] (shape-checked against the model).
-static enum sd3q_status read_embeds(const char * dir, const char * rel, int64_t L, int64_t D, int64_t P, float ** ctx, float ** pooled,
-                                    struct sd3q_errbuf * e) {
-    char * path = path_join(dir, rel);
-    if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
-    struct st_file f;
-    enum sd3q_status st = st_open(path, &f, e);
-    free(path);
-    if (st != SD3Q_OK) return st;
-    int64_t cs[3] = {1, L, D}, ps[2] = {1, P};
-    *ctx = st_read_f32(&f, "context", 3, cs, e);
-    *pooled = *ctx ? st_read_f32(&f, "pooled", 2, ps, e) : NULL;
-    st_close(&f);
-    return *ctx && *pooled ? SD3Q_OK : SD3Q_ERR_FORMAT;
-}
-
 enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_params * p, struct sd3q_errbuf * e) {
     struct calib_manifest man = {0};
     struct stats_table tab = {0};
@@ -115,13 +99,13 @@ enum sd3q_status quant_collect(struct sd3q_session * s, const struct collect_par
         goto done;
     }
     for (int j = 0; j < nimg; j++) imgs[j] = (int)((int64_t)j * man.n_images / nimg);  // evenly spaced
-    if ((st = read_embeds(p->calib_dir, "prompts/negative.safetensors", L, D, P, &nctx, &npool, e)) != SD3Q_OK) goto done;
+    if ((st = calib_read_embeds(p->calib_dir, "prompts/negative.safetensors", L, D, P, &nctx, &npool, e)) != SD3Q_OK) goto done;
     for (int j = 0; j < nimg; j++) {
         int pr = man.images[imgs[j]].prompt;
         if (pctx[pr]) continue;
         char fn[64];
         calib_prompt_file(pr, fn, sizeof fn);
-        if ((st = read_embeds(p->calib_dir, fn, L, D, P, &pctx[pr], &ppool[pr], e)) != SD3Q_OK) goto done;
+        if ((st = calib_read_embeds(p->calib_dir, fn, L, D, P, &pctx[pr], &ppool[pr], e)) != SD3Q_OK) goto done;
     }
     mkdir(p->out_dir, 0755);
     if (!path_is_dir(p->out_dir)) {

@@ -1,8 +1,9 @@
 /*
- * weights.c — SD3-Medium-shaped random checkpoints for the benchmarks (see weights.h). Tensor names and shapes follow
+ * common.c — what the benchmarks share: SD3-Medium-shaped random checkpoints, a clock, /proc memory readings (see
+ * common.h). Tensor names and shapes follow
  * ../shared/research/sd3_arch_spec.md §2.2–2.3 (MMDiT), §4.1–4.3 (CLIP-L, CLIP-G, T5-XXL) and §6 (VAE).
  */
-#include "weights.h"
+#include "common.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -36,10 +37,25 @@ static uint64_t rnd_u64(void) {
     return rng * 0x2545f4914f6cdd1dull;
 }
 
-static double now(void) {
+double bench_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+double bench_proc_mib(const char * field) {
+    FILE * f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    double v = -1;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
+            v = atof(line + fl + 1) / 1024.0;
+            break;
+        }
+    fclose(f);
+    return v;
 }
 
 struct bw_file * bw_new(void) { return calloc(1, sizeof(struct bw_file)); }
@@ -270,7 +286,7 @@ static const uint16_t * pool_f16(struct pools * p, float scale) {
 }
 
 int bw_write(const struct bw_file * f, const char * path) {
-    double t0 = now();
+    double t0 = bench_now();
     size_t hcap = 256 + (size_t)f->n * 360, hl = 0;
     char * h = malloc(hcap);
     uint64_t off = 0;
@@ -328,6 +344,6 @@ int bw_write(const struct bw_file * f, const char * path) {
         remove(tmp);
         return 1;
     }
-    printf("wrote %s: %d tensors, %.2f GB, in %.1f s\n", path, f->n, (double)off / 1e9, now() - t0);
+    printf("wrote %s: %d tensors, %.2f GB, in %.1f s\n", path, f->n, (double)off / 1e9, bench_now() - t0);
     return 0;
 }

@@ -1,13 +1,13 @@
 /*
- * weights.h — random weights of SD3-Medium's shapes for the benchmarks, written as safetensors under the original
+ * common.h — what the benchmarks share. Random weights of SD3-Medium's shapes for the benchmarks, written as safetensors under the original
  * single-file names (so the normal loader memory-maps them, exactly as a real checkpoint).
  *
  * Values are uniform in ±scale per tensor (norm weights are 1), streamed from a few precomputed pools so that a
  * 15 GB file is written at disk speed; the numbers are not meaningful, only their magnitudes, which keep activations
  * in a realistic range.
  */
-#ifndef SD3Q_BENCH_WEIGHTS_H
-#define SD3Q_BENCH_WEIGHTS_H
+#ifndef SD3Q_BENCH_COMMON_H
+#define SD3Q_BENCH_COMMON_H
 
 #include <stdint.h>
 
@@ -39,5 +39,11 @@ void bw_add_vae(struct bw_file * f);
 
 // Writes the file (temporary name, then rename); returns 0 on success. Prints the time taken.
 int bw_write(const struct bw_file * f, const char * path);
+
+// Seconds on the monotonic clock.
+double bench_now(void);
+
+// A field of /proc/self/status ("VmRSS", "RssAnon", "RssFile", "VmHWM") in MiB; -1 when unavailable.
+double bench_proc_mib(const char * field);
 
 #endif
