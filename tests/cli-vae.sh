@@ -30,49 +30,13 @@ BASE=${SD3Q_TEST_TMP:-${TMPDIR:-/tmp}}
 mkdir -p "$BASE"
 TMP=$(mktemp -d "$BASE/cli-vae.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"  # pass/fail/run/expect_rc/expect_in/no_output/header_of
 PY=$(command -v python3 || true)
 
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); printf 'ok    %s\n' "$1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); printf 'FAIL  %s\n' "$1"; }
 
-# run LABEL CMD...: stdout → $TMP/out.txt, stderr → $TMP/err.txt, exit code → $rc
-run() {
-    local label=$1
-    shift
-    if "$@" >"$TMP/out.txt" 2>"$TMP/err.txt"; then rc=0; else rc=$?; fi
-    last_label=$label
-}
 
-expect_rc() {
-    if [[ $1 == nonzero && $rc -ne 0 ]] || [[ $1 != nonzero && $rc -eq $1 ]]; then
-        pass "$last_label: exit $rc"
-    else
-        fail "$last_label: exit $rc, expected $1"
-        sed 's/^/      stderr: /' "$TMP/err.txt" | head -5
-    fi
-}
 
-expect_in() {
-    local f="$TMP/$1.txt"
-    shift
-    local t
-    for t in "$@"; do
-        if grep -qF -- "$t" "$f"; then pass "$last_label: $(basename "$f" .txt) mentions '$t'"; else
-            fail "$last_label: $(basename "$f" .txt) does not mention '$t'"
-            sed 's/^/      got: /' "$f" | head -5
-        fi
-    done
-}
 
-# no_output PATH: the path does not exist and its folder holds no temporary file
-no_output() {
-    if [[ -e $1 ]]; then fail "$last_label: $1 was created"; else pass "$last_label: no output file"; fi
-    if compgen -G "$(dirname "$1")/*.tmp.*" >/dev/null; then fail "$last_label: temporary file left in $(dirname "$1")"; else
-        pass "$last_label: no temporary file"
-    fi
-}
 
 # py LABEL SCRIPT ARGS...: runs a python3 check; its last line is the evidence
 py() {
