@@ -182,3 +182,13 @@ void expect_free(struct expect_table * t) {
     free(t->e);
     memset(t, 0, sizeof(*t));
 }
+
+// Gives the resolved weights consecutive ids (the backends key device copies by them) and counts their elements.
+int64_t expect_number(struct expect_table * t, int id0) {
+    int64_t n = 0;
+    for (int i = 0; i < t->n; i++) {
+        t->e[i].dst->id = id0 + i;
+        n += wt_numel(t->e[i].dst);
+    }
+    return n;
+}

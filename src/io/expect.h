@@ -49,6 +49,9 @@ void expect_src(struct expect * x, const char * name, int64_t file_rows, int64_t
 enum sd3q_status expect_resolve(struct expect_table * t, const struct ckpt_component * comp, const char * const * ignore,
                                 int allow_extra, struct sd3q_errbuf * e);
 
+// After a successful resolve: gives the entries the weight ids id0, id0+1, … and returns their element count.
+int64_t expect_number(struct expect_table * t, int id0);
+
 // Frees the table.
 void expect_free(struct expect_table * t);
 

@@ -223,10 +223,7 @@ enum sd3q_status clip_load(const struct ckpt_component * comp, enum clip_role ro
     st = expect_resolve(&t, comp, role == CLIP_ROLE_G ? ignore_g : ignore_l, allow_extra, e);
     if (st != SD3Q_OK) goto fail;
     m->n_tensors = t.n;
-    for (int i = 0; i < t.n; i++) {
-        t.e[i].dst->id = id_base + i;
-        m->n_params += wt_numel(t.e[i].dst);
-    }
+    m->n_params = expect_number(&t, id_base);
     expect_free(&t);
     *out = m;
     return SD3Q_OK;

@@ -306,10 +306,7 @@ enum sd3q_status mmdit_load(const struct ckpt_component * comp, int allow_extra,
     st = expect_resolve(&t, comp, ignore, allow_extra, e);
     if (st != SD3Q_OK) goto fail;
     m->n_tensors = t.n;
-    for (int i = 0; i < t.n; i++) {
-        t.e[i].dst->id = i;
-        m->n_params += wt_numel(t.e[i].dst);
-    }
+    m->n_params = expect_number(&t, 0);
     expect_free(&t);
     *out = m;
     return SD3Q_OK;

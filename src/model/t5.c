@@ -200,10 +200,7 @@ enum sd3q_status t5_load(const struct ckpt_component * comp, int allow_extra, in
         goto fail;
     }
     m->n_tensors = t.n;
-    for (int i = 0; i < t.n; i++) {
-        t.e[i].dst->id = id_base + i;
-        m->n_params += wt_numel(t.e[i].dst);
-    }
+    m->n_params = expect_number(&t, id_base);
     m->emb.id = wt_present(&m->emb_shared) ? m->emb_shared.id : m->emb_enc.id;
     if (wt_present(&m->emb_shared) && wt_present(&m->emb_enc)) m->n_params -= wt_numel(&m->emb_enc);  // one table, stored twice
     expect_free(&t);

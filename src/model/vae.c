@@ -374,10 +374,7 @@ enum sd3q_status vae_load(const struct ckpt_component * comp, int allow_extra, i
     static const char * const ignore[] = {NULL};
     if ((st = expect_resolve(&t, comp, ignore, allow_extra, e)) != SD3Q_OK) goto fail;
     v->n_tensors = t.n;
-    for (int i = 0; i < t.n; i++) {
-        t.e[i].dst->id = id0 + i;
-        v->n_params += wt_numel(t.e[i].dst);
-    }
+    v->n_params = expect_number(&t, id0);
     expect_free(&t);
     *out = v;
     return SD3Q_OK;
