@@ -14,29 +14,6 @@
 
 #define TOL 1e-5  // float64 reference rounded to f32; see tests/golden/README.md
 
-struct hook_ctx {
-    const struct st_file * io;
-    const char *           label;
-    int                    compared;
-};
-
-// Compares every observed activation the golden file also holds.
-static void on_tensor(void * ud, const char * name, const void * data, int64_t batch, int64_t rows, int64_t cols) {
-    struct hook_ctx * h = ud;
-    const struct st_tensor * t = st_find(h->io, name);
-    if (!t) return;
-    int64_t n = batch * rows * cols;
-    CHECKF(t->numel == n, "%s: golden %s has %lld elements, got %lld", h->label, name, (long long)t->numel, (long long)n);
-    if (t->numel != n) return;
-    float * ref = malloc(sizeof(float) * (size_t)n);
-    dtype_to_f32(t->type, t->data, ref, n);
-    char label[160];
-    snprintf(label, sizeof label, "%s %s", h->label, name);
-    check_tensor(label, data, ref, n, TOL);
-    free(ref);
-    h->compared++;
-}
-
 static void run_case(const char * dir, const char * model_rel) {
     char mpath[1100], iopath[1100];
     snprintf(mpath, sizeof mpath, "%s/%s", dir, model_rel);
@@ -74,8 +51,8 @@ static void run_case(const char * dir, const char * model_rel) {
         if (st != SD3Q_OK) continue;
         char label[160];
         snprintf(label, sizeof label, "%s[%s]", strrchr(dir, '/') + 1, ref_ops ? "ref" : "cpu");
-        struct hook_ctx hc = {&io, label, 0};
-        s->hook = (struct mmdit_hook){.ud = &hc, .fn = on_tensor};
+        struct golden_hook hc = {&io, label, TOL, 0};
+        s->hook = (struct mmdit_hook){.ud = &hc, .fn = golden_hook_on_tensor};
         for (int64_t i = 0; i < n; i++) out[i] = 1e30f;  // poison: every element must be written
         st = sd3q_session_mmdit(s, (int)xs[0], (int)xs[2], (int)xs[3], x, (int)cs[1], ctx, pooled, t, out);
         CHECKF(st == SD3Q_OK, "forward: %s", sd3q_session_last_error(s));

@@ -23,29 +23,6 @@
 
 #define TOL 1e-5  // float64 reference rounded to f32; see tests/golden/README.md
 
-struct hook_ctx {
-    const struct st_file * io;
-    const char *           label;
-    int                    compared;
-};
-
-// Compares every observed activation the golden file also holds.
-static void on_tensor(void * ud, const char * name, const void * data, int64_t batch, int64_t rows, int64_t cols) {
-    struct hook_ctx * h = ud;
-    const struct st_tensor * t = st_find(h->io, name);
-    if (!t) return;
-    int64_t n = batch * rows * cols;
-    CHECKF(t->numel == n, "%s: golden %s has %lld elements, got %lld", h->label, name, (long long)t->numel, (long long)n);
-    if (t->numel != n) return;
-    float * ref = malloc(sizeof(float) * (size_t)n);
-    dtype_to_f32(t->type, t->data, ref, n);
-    char label[160];
-    snprintf(label, sizeof label, "%s %s", h->label, name);
-    check_tensor(label, data, ref, n, TOL);
-    free(ref);
-    h->compared++;
-}
-
 // Loads a model from a path (or a split VAE path); NULL on failure (counted).
 static struct sd3q_model * load(const char * path, const char * vae_path) {
     struct sd3q_model_params mp = sd3q_model_default_params();
@@ -105,8 +82,8 @@ static void run_layout(const char * label, const char * path, const char * vae_p
         if (!s) continue;
         char lb[160], l2[200];
         snprintf(lb, sizeof lb, "%s[%s]", label, ref ? "ref" : "cpu");
-        struct hook_ctx hc = {io, lb, 0};
-        s->hook = (struct mmdit_hook){.ud = &hc, .fn = on_tensor};
+        struct golden_hook hc = {io, lb, TOL, 0};
+        s->hook = (struct mmdit_hook){.ud = &hc, .fn = golden_hook_on_tensor};
         for (int64_t i = 0; i < ni; i++) img[i] = 1e30f;  // poison: every element must be written
         enum sd3q_status st = sd3q_session_vae_decode(s, 1, h, w, z, img);
         CHECKF(st == SD3Q_OK, "decode: %s", sd3q_session_last_error(s));

@@ -3,8 +3,12 @@
  */
 #include "testutil.h"
 
+#include "core/dtype.h"
+#include "io/safetensors.h"
+
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 int g_failures = 0;
@@ -69,4 +73,21 @@ int test_finish(const char * name) {
     }
     printf("%s: all checks passed\n", name);
     return 0;
+}
+
+// Compares every observed activation the golden file also holds.
+void golden_hook_on_tensor(void * ud, const char * name, const void * data, int64_t batch, int64_t rows, int64_t cols) {
+    struct golden_hook *     h = ud;
+    const struct st_tensor * t = st_find(h->io, name);
+    if (!t) return;
+    int64_t n = batch * rows * cols;
+    CHECKF(t->numel == n, "%s: golden %s has %lld elements, got %lld", h->label, name, (long long)t->numel, (long long)n);
+    if (t->numel != n) return;
+    float * ref = malloc(sizeof(float) * (size_t)n);
+    dtype_to_f32(t->type, t->data, ref, n);
+    char label[160];
+    snprintf(label, sizeof label, "%s %s", h->label, name);
+    check_tensor(label, data, ref, n, h->tol);
+    free(ref);
+    h->compared++;
 }

@@ -42,6 +42,20 @@ void fill_randn(float * x, int64_t n, float scale);
 // Uniform random integer in [0, n).
 uint32_t rand_below(uint32_t n);
 
+struct st_file;
+
+// Model-hook state for golden comparisons: every activation the model reports that `io` also holds is compared
+// (check_tensor at tol) and counted, so a test can assert that the comparisons really happened.
+struct golden_hook {
+    const struct st_file * io;
+    const char *           label;
+    double                 tol;
+    int                    compared;
+};
+
+// The hook function (struct mmdit_hook.fn) for a struct golden_hook passed as ud.
+void golden_hook_on_tensor(void * ud, const char * name, const void * data, int64_t batch, int64_t rows, int64_t cols);
+
 // Prints a summary and returns the process exit code (0 when no check failed).
 int test_finish(const char * name);
 
