@@ -70,9 +70,9 @@ static void run(const char * model_path, const struct st_file * io, const cJSON 
     // bad requests: odd size, too large for the session, no prompt
     gp.width = W + 8;
     CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) == SD3Q_ERR_INVALID_ARG && strstr(sd3q_session_last_error(s), "16"));
-    gp.width = 2 * W;
-    CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) != SD3Q_OK && strlen(sd3q_session_last_error(s)) > 0);
-    gp.width = W, gp.prompt = NULL;
+    gp.width = 2 * W, gp.init_noise = NULL;  // init_noise holds the latent of the requested size: none for this one
+    CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) == SD3Q_ERR_INVALID_ARG && strstr(sd3q_session_last_error(s), "planned maxima"));
+    gp.width = W, gp.init_noise = noise, gp.prompt = NULL;
     CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) == SD3Q_ERR_INVALID_ARG);
     free(a), free(b), free(img), free(lat), free(noise), free(lref), free(iref);
     sd3q_session_free(s);

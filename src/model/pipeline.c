@@ -44,11 +44,13 @@ enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const struct sd3
     int h = H / 8, w = W / 8, C = info.in_channels, D = sd3q_model_context_dim(m), P = sd3q_model_pooled_dim(m);
     int64_t nl = (int64_t)C * h * w;
     int use_cfg = p->cfg != 1.0f;
+    // before the text encoders run: a request the session cannot hold should fail in milliseconds, not after them
+    enum sd3q_status st = session_check_request(s, use_cfg ? 2 : 1, h, w, L);
+    if (st != SD3Q_OK) return st;
     // working memory for one image: staged here rather than in the arena because it lives across model calls
     float * ctx = malloc(sizeof(float) * (size_t)L * D * (use_cfg ? 2 : 1));
     float * pooled = malloc(sizeof(float) * (size_t)P * (use_cfg ? 2 : 1));
     float * x = malloc(sizeof(float) * (size_t)nl);
-    enum sd3q_status st = SD3Q_OK;
     if (!ctx || !pooled || !x) {
         st = err_set(&s->err, SD3Q_ERR_OOM, "out of memory");
         goto done;

@@ -236,7 +236,7 @@ void sd3q_session_set_progress(struct sd3q_session * s, sd3q_progress_fn fn, voi
 }
 
 // Checks a forward request against the model and the session's planned maxima.
-static enum sd3q_status check_request(struct sd3q_session * s, int n, int h, int w, int n_ctx) {
+enum sd3q_status session_check_request(struct sd3q_session * s, int n, int h, int w, int n_ctx) {
     if (!s->model->mmdit) return err_set(&s->err, SD3Q_ERR_MISSING, "the model has no MMDiT");
     TRY(mmdit_check_sizes(s->model->mmdit, n, h, w, n_ctx, &s->err));
     if (n > s->p.max_batch || h > s->p.max_latent_h || w > s->p.max_latent_w || n_ctx > s->p.max_context)
@@ -257,7 +257,7 @@ enum sd3q_status sd3q_session_mmdit(struct sd3q_session * s, int n, int h, int w
     if (!s) return SD3Q_ERR_INVALID_ARG;
     err_clear(&s->err);
     if (!x || !context || !pooled || !timestep || !out) return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "sd3q_session_mmdit: NULL buffer");
-    TRY(check_request(s, n, h, w, n_ctx));
+    TRY(session_check_request(s, n, h, w, n_ctx));
     const struct mmdit_config * c = &s->model->mmdit->cfg;
     const struct backend_ops * o = s->bk->ops;
     size_t mark = arena_mark(&s->ar);
@@ -295,7 +295,7 @@ enum sd3q_status session_sample(struct sd3q_session * s, int h, int w, int steps
     if (use_cfg && uncond->n_ctx != cond->n_ctx)
         return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "conditional and unconditional contexts differ in length (%d vs %d)", cond->n_ctx,
                        uncond->n_ctx);
-    TRY(check_request(s, B, h, w, cond->n_ctx));
+    TRY(session_check_request(s, B, h, w, cond->n_ctx));
     const struct mmdit_config * c = &s->model->mmdit->cfg;
     const struct backend_ops * o = s->bk->ops;
     float * sigmas = malloc(sizeof(float) * (size_t)(steps + 1));

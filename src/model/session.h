@@ -42,6 +42,10 @@ enum sd3q_status session_prepare_weights(struct sd3q_session * s, int group,
 enum sd3q_status session_create(const struct sd3q_model * model, const struct sd3q_session_params * params, int ref,
                                 struct sd3q_session ** out, char * err, size_t err_size);
 
+// Checks an MMDiT request (batch n, latent h×w, n_ctx context tokens) against the model and the session's planned
+// maxima; callers that do expensive work first (text encoding) call it up front.
+enum sd3q_status session_check_request(struct sd3q_session * s, int n, int h, int w, int n_ctx);
+
 // Called by session_sample with the latent entering step k (σ_k, timestep 1000·σ_k), and once more after the last
 // step with k = steps, σ = 0 and the final latent.
 typedef void (*sample_step_fn)(void * ud, int k, float sigma, float timestep, const float * latents);
