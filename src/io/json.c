@@ -54,6 +54,14 @@ enum sd3q_status json_get_num(const cJSON * o, const char * key, double def, dou
     return SD3Q_OK;
 }
 
+enum sd3q_status json_need_num(const cJSON * o, const char * key, double * v, const char * where, struct sd3q_errbuf * e) {
+    const cJSON * it = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
+        return err_set(e, SD3Q_ERR_FORMAT, "%s: field \"%s\" is missing or not a finite number", where, key);
+    *v = it->valuedouble;
+    return SD3Q_OK;
+}
+
 const char * json_get_str(const cJSON * o, const char * key) {
     const cJSON * it = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsString(it) ? it->valuestring : NULL;

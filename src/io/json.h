@@ -23,6 +23,9 @@ enum sd3q_status json_get_int(const cJSON * o, const char * key, int def_ok, int
 enum sd3q_status json_get_num(const cJSON * o, const char * key, double def, double * v, const char * path,
                               struct sd3q_errbuf * e);
 
+// Reads a number field that must be present and finite; the error names `where` and the field.
+enum sd3q_status json_need_num(const cJSON * o, const char * key, double * v, const char * where, struct sd3q_errbuf * e);
+
 // Returns the string value of a field or NULL (absent, null or not a string).
 const char * json_get_str(const cJSON * o, const char * key);
 

@@ -355,15 +355,6 @@ done:
     return st;
 }
 
-// Reads a finite number field of a config object.
-static enum sd3q_status getnum(const cJSON * o, const char * k, double * v, const char * where, struct sd3q_errbuf * e) {
-    const cJSON * it = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
-        return err_set(e, SD3Q_ERR_FORMAT, "%s: \"%s\" is missing or not a finite number", where, k);
-    *v = it->valuedouble;
-    return SD3Q_OK;
-}
-
 enum sd3q_status actcfg_read(const char * path, struct actcfg * c, struct sd3q_errbuf * e) {
     memset(c, 0, sizeof(*c));
     cJSON * j = NULL;
@@ -415,8 +406,8 @@ enum sd3q_status actcfg_read(const char * path, struct actcfg * c, struct sd3q_e
         double hi = 0, lo = 0, f = 0, l = 0;
         char where[300];
         snprintf(where, sizeof where, "%s: groups[%d]", path, g);
-        if ((st = getnum(o, "sigma_hi", &hi, where, e)) || (st = getnum(o, "sigma_lo", &lo, where, e)) ||
-            (st = getnum(o, "first_step", &f, where, e)) || (st = getnum(o, "last_step", &l, where, e)))
+        if ((st = json_need_num(o, "sigma_hi", &hi, where, e)) || (st = json_need_num(o, "sigma_lo", &lo, where, e)) ||
+            (st = json_need_num(o, "first_step", &f, where, e)) || (st = json_need_num(o, "last_step", &l, where, e)))
             goto done;
         if (lo > hi || (g > 0 && hi > c->groups[g - 1].sigma_lo + 1e-6)) {
             st = err_set(e, SD3Q_ERR_FORMAT, "%s: σ intervals must be ordered and not overlap (sigma_lo %g, sigma_hi %g)", where, lo, hi);
@@ -453,9 +444,9 @@ enum sd3q_status actcfg_read(const char * path, struct actcfg * c, struct sd3q_e
             const cJSON * x = cJSON_GetArrayItem(gs, g);
             struct actcfg_entry * en = actcfg_at(c, l, g);
             double bits = 0, lo = 0, hi = 0, step = 0, zp = 0;
-            if ((st = getnum(x, "bits", &bits, where, e)) || (st = getnum(x, "clip_lo", &lo, where, e)) ||
-                (st = getnum(x, "clip_hi", &hi, where, e)) || (st = getnum(x, "step", &step, where, e)) ||
-                (st = getnum(x, "zero_point", &zp, where, e)))
+            if ((st = json_need_num(x, "bits", &bits, where, e)) || (st = json_need_num(x, "clip_lo", &lo, where, e)) ||
+                (st = json_need_num(x, "clip_hi", &hi, where, e)) || (st = json_need_num(x, "step", &step, where, e)) ||
+                (st = json_need_num(x, "zero_point", &zp, where, e)))
                 goto done;
             if ((bits != 4 && bits != 6 && bits != 8) || !(step > 0) || lo > hi || fabs(zp) > 255) {
                 st = err_set(e, SD3Q_ERR_FORMAT, "%s (%s) group %d: bits must be 4/6/8, step > 0, clip_lo ≤ clip_hi, |zero_point| ≤ 255",

@@ -153,15 +153,6 @@ enum sd3q_status stats_write_index(const struct stats_table * t, const char * di
     return st;
 }
 
-// Reads a finite number field.
-static enum sd3q_status num(const cJSON * o, const char * k, double * v, const char * where, struct sd3q_errbuf * e) {
-    const cJSON * it = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
-        return err_set(e, SD3Q_ERR_FORMAT, "%s: field \"%s\" is missing or not a finite number", where, k);
-    *v = it->valuedouble;
-    return SD3Q_OK;
-}
-
 enum sd3q_status stats_read(const char * dir, struct stats_table * t, struct sd3q_errbuf * e) {
     memset(t, 0, sizeof(*t));
     char * path = path_join(dir, "stats.json");
@@ -221,7 +212,7 @@ enum sd3q_status stats_read(const char * dir, struct stats_table * t, struct sd3
         char where[256];
         snprintf(where, sizeof where, "%s: steps[%d]", path, s);
         double idx, sig, ts;
-        if ((st = num(it, "index", &idx, where, e)) || (st = num(it, "sigma", &sig, where, e)) || (st = num(it, "timestep", &ts, where, e)))
+        if ((st = json_need_num(it, "index", &idx, where, e)) || (st = json_need_num(it, "sigma", &sig, where, e)) || (st = json_need_num(it, "timestep", &ts, where, e)))
             goto done;
         if (idx < 0 || idx > 100000 || idx != floor(idx) || sig < 0 || sig > 1.5) {
             st = err_set(e, SD3Q_ERR_FORMAT, "%s: index %g / sigma %g out of range", where, idx, sig);
@@ -258,7 +249,7 @@ enum sd3q_status stats_read(const char * dir, struct stats_table * t, struct sd3
             const char * k[] = {"n_batches", "n_values", "absmax", "min", "max", "mean", "std", "p99", "p999", "p9999", "hist_lo", "hist_w"};
             char w2[400];
             snprintf(w2, sizeof w2, "%s.cells.%s", where, t->layers[li].name);
-            for (int q = 0; q < 12 && st == SD3Q_OK; q++) st = num(x, k[q], &v[q], w2, e);
+            for (int q = 0; q < 12 && st == SD3Q_OK; q++) st = json_need_num(x, k[q], &v[q], w2, e);
             if (st != SD3Q_OK) break;
             if (v[0] < 1 || v[1] < 1 || v[11] <= 0) {
                 st = err_set(e, SD3Q_ERR_FORMAT, "%s: counts and hist_w must be positive", w2);
