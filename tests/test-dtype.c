@@ -39,32 +39,6 @@ static int same_float(float a, float b) {
     return f32_bits(a) == f32_bits(b);
 }
 
-// ---- first-principles decoders ------------------------------------------------------------------------------------
-
-static double f16_formula(uint16_t h) {
-    int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
-    double sign = s ? -1.0 : 1.0;
-    if (e == 0) return sign * ldexp((double)m, -24);            // subnormal (and ±0)
-    if (e == 31) return m == 0 ? sign * INFINITY : NAN;           // inf / NaN
-    return sign * ldexp(1.0 + m / 1024.0, e - 15);
-}
-
-static double bf16_formula(uint16_t h) {
-    int s = h >> 15, e = (h >> 7) & 255, m = h & 127;
-    double sign = s ? -1.0 : 1.0;
-    if (e == 0) return sign * ldexp((double)m, -133);
-    if (e == 255) return m == 0 ? sign * INFINITY : NAN;
-    return sign * ldexp(1.0 + m / 128.0, e - 127);
-}
-
-static double f8_formula(uint8_t v) {
-    int s = v >> 7, e = (v >> 3) & 15, m = v & 7;
-    double sign = s ? -1.0 : 1.0;
-    if (e == 15 && m == 7) return NAN;                            // e4m3fn: no infinities, S.1111.111 is NaN
-    if (e == 0) return sign * ldexp((double)m, -9);
-    return sign * ldexp(1.0 + m / 8.0, e - 7);
-}
-
 // ---- f16 -----------------------------------------------------------------------------------------------------------
 
 // Independent f32 → f16 reference: nearest entry of the sorted positive f16 table (0x0000..0x7bff), ties to the even

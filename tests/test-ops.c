@@ -785,28 +785,6 @@ static void test_ref_first_principles(struct backend * ref) {
 
 // ---- kernel tables against the formulas --------------------------------------------------------------------------------
 
-static double f16_formula(uint16_t h) {
-    int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
-    double sign = s ? -1.0 : 1.0;
-    if (e == 0) return sign * ldexp((double)m, -24);
-    if (e == 31) return m == 0 ? sign * INFINITY : NAN;
-    return sign * ldexp(1.0 + m / 1024.0, e - 15);
-}
-static double bf16_formula(uint16_t h) {
-    int s = h >> 15, e = (h >> 7) & 255, m = h & 127;
-    double sign = s ? -1.0 : 1.0;
-    if (e == 0) return sign * ldexp((double)m, -133);
-    if (e == 255) return m == 0 ? sign * INFINITY : NAN;
-    return sign * ldexp(1.0 + m / 128.0, e - 127);
-}
-static double f8_formula(uint8_t v) {
-    int s = v >> 7, e = (v >> 3) & 15, m = v & 7;
-    double sign = s ? -1.0 : 1.0;
-    if (e == 15 && m == 7) return NAN;
-    if (e == 0) return sign * ldexp((double)m, -9);
-    return sign * ldexp(1.0 + m / 8.0, e - 7);
-}
-
 static int same_value(float got, double want) { return isnan(want) ? isnan(got) : (double)got == want; }
 
 static void test_kernels(const struct cpu_kernels * k) {

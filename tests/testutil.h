@@ -42,6 +42,12 @@ void fill_randn(float * x, int64_t n, float scale);
 // Uniform random integer in [0, n).
 uint32_t rand_below(uint32_t n);
 
+// The value of an f16 / bf16 / f8 (e4m3fn) bit pattern from the formats' definitions (sign, exponent, mantissa), in
+// double; written from the IEEE 754 / OCP FP8 texts, independent of src/core/dtype.c.
+double f16_formula(uint16_t h);
+double bf16_formula(uint16_t h);
+double f8_formula(uint8_t v);
+
 struct st_file;
 
 // Model-hook state for golden comparisons: every activation the model reports that `io` also holds is compared
