@@ -150,6 +150,10 @@ struct sd3q_session_params {
     int32_t          profile;       // 1: time every backend op (see sd3q_session_profile)
     int32_t          vae_tile;      // VAE tile side in latent pixels (0: 64, i.e. 512² images); the VAE is planned
                                     // for min(vae_tile, max_latent) and larger images are decoded/encoded in tiles
+    int32_t          low_memory;    // 1: on a device with its own memory (CUDA), keep only the running component's
+                                    // weights there: sd3q_session_generate frees the text encoders' copies after
+                                    // encoding, the MMDiT's after sampling, the VAE's after decoding (each is copied
+                                    // again at its next use). 0: everything stays resident once copied
 };
 
 // Returns defaults: AUTO device, all threads, batch 2, 128×128 latent, 333 context tokens.

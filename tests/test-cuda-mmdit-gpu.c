@@ -5,7 +5,8 @@
  *      against the CPU backend; intermediates are printed (not judged: they are inputs of later layers);
  *   2. Euler sampling with CFG on a tiny MMDiT: final latents GPU vs CPU (PSNR);
  *   3. the tiny pipeline (tests/golden/pipeline/: CLIP-L, CLIP-G, T5, MMDiT, VAE): prompt → image on the GPU vs the
- *      CPU (PSNR ≥ 35 dB) and vs the fixture's image.
+ *      CPU (PSNR ≥ 35 dB) and vs the fixture's image; sd3q_session_generate with low_memory leaves no weight copy on
+ *      the device and gives the image of a resident session.
  *
  * Error measure (the issue's "relative error per output"): e_i = |gpu_i − ref_i| / max_j |ref_j|; the bounds are
  * max_i e_i ≤ 1e-2 and mean_i e_i ≤ 3e-3. PSNR = 10·log10(range² / MSE) with range = max(ref) − min(ref).
@@ -273,6 +274,36 @@ static float * pipeline_image(const struct sd3q_model * m, enum sd3q_device dev,
     return img;
 }
 
+// sd3q_session_generate on the GPU with sessions of residency policy low_memory; returns the image or NULL, and the
+// bytes of weight copies the backend holds afterwards in *weights_after.
+static float * generate_image(const struct sd3q_model * m, int low_memory, const float * noise, int lat, const char * prompt,
+                              const char * negative, size_t * weights_after) {
+    struct sd3q_session_params sp = sd3q_session_default_params();
+    sp.device = SD3Q_DEVICE_CUDA, sp.low_memory = low_memory, sp.n_threads = 4;
+    sp.max_batch = 2, sp.max_latent_h = lat, sp.max_latent_w = lat, sp.max_context = sd3q_model_context_len(m, 77);
+    struct sd3q_session * s = NULL;
+    char err[1024];
+    if (sd3q_session_init(m, &sp, &s, err, sizeof err) != SD3Q_OK) {
+        CHECKF(0, "session (low_memory %d): %s", low_memory, err);
+        return NULL;
+    }
+    struct sd3q_gen_params gp = sd3q_gen_default_params();
+    gp.prompt = prompt, gp.negative_prompt = negative, gp.width = gp.height = 8 * lat, gp.steps = 4, gp.t5_len = 77;
+    gp.cfg = 5.0f, gp.shift = 3.0f, gp.init_noise = noise;
+    float * img = malloc(sizeof(float) * (size_t)(3 * 64 * lat * lat));
+    enum sd3q_status st = img ? sd3q_session_generate(s, &gp, img, NULL, NULL) : SD3Q_ERR_OOM;
+    CHECKF(st == SD3Q_OK, "generate (low_memory %d): %s", low_memory, sd3q_session_last_error(s));
+    struct cuda_mem_info mi = {0};
+    SD3Q_ASSERT(backend_cuda_mem_info(s->bk, &mi) == 0);
+    *weights_after = mi.weights_now;
+    sd3q_session_free(s);
+    if (st != SD3Q_OK) {
+        free(img);
+        return NULL;
+    }
+    return img;
+}
+
 // The tiny pipeline on both devices, compared as images.
 static void pipeline(void) {
     char mpath[1100], iopath[1100], err[1024];
@@ -302,6 +333,19 @@ static void pipeline(void) {
         compare("image gpu vs cpu", gpu, cpu, n, 0);
         CHECKF(p >= PSNR_MIN, "image PSNR %.1f dB", p);
     }
+    // residency: a low_memory session ends generate holding no weights, a resident one holds them all
+    size_t w_low = 1, w_res = 0;
+    float * low = generate_image(m, 1, noise, (int)ns[2], prompt, negative, &w_low);
+    float * res = generate_image(m, 0, noise, (int)ns[2], prompt, negative, &w_res);
+    if (low && res) {
+        double p = psnr(low, res, n);
+        printf("  generate low_memory vs resident: PSNR %.1f dB; weight copies held afterwards %zu vs %zu bytes\n", p, w_low, w_res);
+        CHECKF(w_low == 0, "low_memory session still holds %zu bytes of weight copies", w_low);
+        CHECKF(w_res > 0, "resident session holds no weight copies");
+        CHECKF(p >= PSNR_MIN, "low_memory image PSNR %.1f dB", p);
+    }
+    free(low);
+    free(res);
     free(cpu);
     free(gpu);
     free(noise);

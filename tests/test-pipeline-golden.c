@@ -67,6 +67,19 @@ static void run(const char * model_path, const struct st_file * io, const cJSON 
     for (int64_t i = 0; i < 3LL * W * H; i++) worst = abs(a[i] - b[i]) > worst ? abs(a[i] - b[i]) : worst;
     printf("%s: largest 8-bit pixel difference %d/255\n", model_path, worst);
     CHECKF(worst <= 2, "pixel difference %d/255 > 2/255", worst);
+    // the residency policy moves weights, not results: a low_memory session gives the same latents bit for bit
+    sp.low_memory = 1;
+    struct sd3q_session * s2;
+    float * lat2 = malloc(sizeof(float) * 16 * (size_t)(H / 8) * (W / 8));
+    st = sd3q_session_init(m, &sp, &s2, err, sizeof err);
+    CHECKF(st == SD3Q_OK, "low_memory session: %s", err);
+    if (st == SD3Q_OK) {
+        st = sd3q_session_generate(s2, &gp, img, lat2, NULL);
+        CHECKF(st == SD3Q_OK, "low_memory generate: %s", sd3q_session_last_error(s2));
+        CHECK(st != SD3Q_OK || memcmp(lat, lat2, sizeof(float) * 16 * (size_t)(H / 8) * (W / 8)) == 0);
+        sd3q_session_free(s2);
+    }
+    free(lat2);
     // bad requests: odd size, too large for the session, no prompt
     gp.width = W + 8;
     CHECK(sd3q_session_generate(s, &gp, img, lat, NULL) == SD3Q_ERR_INVALID_ARG && strstr(sd3q_session_last_error(s), "16"));

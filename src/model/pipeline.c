@@ -8,6 +8,8 @@
 #include <time.h>
 
 #include "model/session.h"
+#include "model/text.h"
+#include "model/vae-api.h"
 
 struct sd3q_gen_params sd3q_gen_default_params(void) {
     struct sd3q_gen_params p;
@@ -65,17 +67,23 @@ enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const struct sd3
         sd3q_model_release_pages(m, SD3Q_COMP_CLIP_G);
         sd3q_model_release_pages(m, SD3Q_COMP_CLIP_L);
     }
+    if (s->p.low_memory) text_release_device(s);  // a 24 GB card holds T5-XXL or the MMDiT's working set, not both
     double t1 = now();
     if (p->init_noise) memcpy(x, p->init_noise, sizeof(float) * (size_t)nl);
     else sd3q_randn_torch(p->seed, x, nl);
     struct sd3q_cond cond = {L, ctx, pooled}, uncond = {L, nctx, npooled};
     if ((st = sd3q_session_sample(s, h, w, p->steps, p->shift, p->cfg, &cond, use_cfg ? &uncond : NULL, x)) != SD3Q_OK) goto done;
     if (latents) memcpy(latents, x, sizeof(float) * (size_t)nl);
+    if (s->p.low_memory) session_mmdit_release(s);
     double t2 = now();
     float scale, vshift;
     sd3q_model_vae_factors(m, &scale, &vshift);
     for (int64_t k = 0; k < nl; k++) x[k] = x[k] / scale + vshift;  // model space → VAE space
     if ((st = sd3q_session_vae_decode(s, 1, h, w, x, image)) != SD3Q_OK) goto done;
+    if (s->p.low_memory) {
+        vae_release_device(s);
+        if (s->bk->ops->release) s->bk->ops->release(s->bk, -1);  // any weight copied on first use
+    }
     if (timing) timing->text = t1 - t0, timing->denoise = t2 - t1, timing->decode = now() - t2;
 done:
     free(ctx);

@@ -159,7 +159,11 @@ enum sd3q_status session_create(const struct sd3q_model * model, const struct sd
         s->bk = w;
     }
     s->bk->err = &s->err;
-    if (m && (st = session_prepare_weights(s, SD3Q_COMP_MMDIT, mmdit_weights, m, &e)) != SD3Q_OK) goto done;
+    // the MMDiT's weights are copied now, so that no step uploads or allocates; with low_memory at first use instead
+    if (m && !params->low_memory) {
+        if ((st = session_prepare_weights(s, SD3Q_COMP_MMDIT, mmdit_weights, m, &e)) != SD3Q_OK) goto done;
+        s->mmdit_prepared = 1;
+    }
 
     // planning pass: the same allocations as a real call, on a measuring arena
     size_t bytes = 0;
@@ -246,6 +250,23 @@ enum sd3q_status session_check_request(struct sd3q_session * s, int n, int h, in
     return SD3Q_OK;
 }
 
+// Gives a backend that keeps its own weight copies the MMDiT's, if they are not there (low_memory sessions).
+static enum sd3q_status mmdit_ready(struct sd3q_session * s) {
+    if (s->mmdit_prepared || !s->bk->ops->prepare) return SD3Q_OK;
+    struct sd3q_errbuf e = {{0}};  // (session_prepare_weights reads s->err while writing e)
+    enum sd3q_status st = session_prepare_weights(s, SD3Q_COMP_MMDIT, mmdit_weights, s->model->mmdit, &e);
+    if (st != SD3Q_OK) return err_set(&s->err, st, "%s", e.msg);
+    s->mmdit_prepared = 1;
+    return SD3Q_OK;
+}
+
+// See session.h.
+void session_mmdit_release(struct sd3q_session * s) {
+    if (!s || !s->bk || !s->bk->ops->release || !s->mmdit_prepared) return;
+    s->bk->ops->release(s->bk, SD3Q_COMP_MMDIT);
+    s->mmdit_prepared = 0;
+}
+
 // Uploads n timesteps as their frequency embeddings.
 static enum sd3q_status upload_tfreq(struct sd3q_session * s, void * dst, const float * timestep, int n) {
     for (int b = 0; b < n; b++) mmdit_timestep_embedding(timestep[b], s->host_t + (size_t)b * MMDIT_FREQ_DIM);
@@ -258,6 +279,7 @@ enum sd3q_status sd3q_session_mmdit(struct sd3q_session * s, int n, int h, int w
     err_clear(&s->err);
     if (!x || !context || !pooled || !timestep || !out) return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "sd3q_session_mmdit: NULL buffer");
     TRY(session_check_request(s, n, h, w, n_ctx));
+    TRY(mmdit_ready(s));
     const struct mmdit_config * c = &s->model->mmdit->cfg;
     const struct backend_ops * o = s->bk->ops;
     size_t mark = arena_mark(&s->ar);
@@ -296,6 +318,7 @@ enum sd3q_status session_sample(struct sd3q_session * s, int h, int w, int steps
         return err_set(&s->err, SD3Q_ERR_INVALID_ARG, "conditional and unconditional contexts differ in length (%d vs %d)", cond->n_ctx,
                        uncond->n_ctx);
     TRY(session_check_request(s, B, h, w, cond->n_ctx));
+    TRY(mmdit_ready(s));
     const struct mmdit_config * c = &s->model->mmdit->cfg;
     const struct backend_ops * o = s->bk->ops;
     float * sigmas = malloc(sizeof(float) * (size_t)(steps + 1));

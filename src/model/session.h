@@ -24,6 +24,7 @@ struct sd3q_session {
     float *                    host_text; // staging: input embeddings, one head's T5 bias, CLIP hidden states
     int32_t *                  host_ids;  // token ids of the prompt being encoded
     int                        t5_notice; // 1 once the "no T5 in the model" notice was printed
+    int                        mmdit_prepared; // the MMDiT's weights were given to the backend (prepare)
     unsigned                   text_prepared; // bit c: encoder c's weights were given to the backend (prepare)
     // VAE (src/model/vae-api.c)
     int                        vae_th;    // planned VAE tile, latent rows (0: no VAE)
@@ -37,6 +38,9 @@ struct sd3q_session {
 enum sd3q_status session_prepare_weights(struct sd3q_session * s, int group,
                                          void (*for_each)(const void * obj, void (*fn)(void * ud, const struct wt * w), void * ud),
                                          const void * obj, struct sd3q_errbuf * e);
+
+// Frees the backend's copies of the MMDiT's weights (low_memory sessions); the next MMDiT call copies them again.
+void session_mmdit_release(struct sd3q_session * s);
 
 // sd3q_session_init with the choice of the scalar reference backend (ref = 1), for tests and op comparisons.
 enum sd3q_status session_create(const struct sd3q_model * model, const struct sd3q_session_params * params, int ref,

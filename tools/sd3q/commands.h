@@ -26,11 +26,11 @@ int cmd_vae_encode(int argc, char ** argv);
 // Options every model-loading command takes.
 struct model_opts {
     const char * model, * mmdit, * clip_l, * clip_g, * t5xxl, * vae, * tokenizer_dir, * device;
-    int          allow_extra;
+    int          allow_extra, low_memory;
     int64_t      threads;
 };
 
-#define MODEL_OPTS_N 10
+#define MODEL_OPTS_N 11
 
 // Fills opts[0..MODEL_OPTS_N) with the model options bound to mo (defaults set).
 void model_opts_add(struct model_opts * mo, struct opt * opts);

@@ -20,6 +20,7 @@ void model_opts_add(struct model_opts * mo, struct opt * o) {
         {"--allow-extra", OPT_FLAG, &mo->allow_extra, "warn about unknown tensors instead of failing", 0, 0, 0, 0},
         {"--threads", OPT_INT, &mo->threads, "CPU threads (default: all)", 0, 1024, 0, 0},
         {"--device", OPT_STR, &mo->device, "cpu, cuda or auto (default)", 0, 0, 0, 0},
+        {"--low-memory", OPT_FLAG, &mo->low_memory, "(cuda) keep only the running component's weights on the GPU", 0, 0, 0, 0},
     };
     memcpy(o, t, sizeof t);
 }
@@ -50,7 +51,8 @@ struct sd3q_model * model_opts_load(const struct model_opts * mo, const char * c
 
 int model_opts_session(const struct model_opts * mo, const char * cmd, struct sd3q_session_params * sp) {
     *sp = sd3q_session_default_params();
-    sp->n_threads = (int32_t)mo->threads;
+    sp->n_threads  = (int32_t)mo->threads;
+    sp->low_memory = mo->low_memory;
     if (strcmp(mo->device, "auto") == 0) sp->device = SD3Q_DEVICE_AUTO;
     else if (strcmp(mo->device, "cpu") == 0) sp->device = SD3Q_DEVICE_CPU;
     else if (strcmp(mo->device, "cuda") == 0) sp->device = SD3Q_DEVICE_CUDA;
