@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <errno.h>
 
 #include "commands.h"
 #include "io/fileutil.h"
@@ -62,6 +64,10 @@ int cmd_adherence(int argc, char ** argv) {
     if ((npos > 0) == (prompts != NULL)) {
         fprintf(stderr, "sd3q adherence: give either PNG files or --prompts with --model\n");
         return 2;
+    }
+    if (out && mkdir(out, 0755) != 0 && errno != EEXIST) {  // the folder is made, as calibrate and quant-eval do
+        fprintf(stderr, "sd3q adherence: --out %s: cannot create the folder: %s\n", out, strerror(errno));
+        return 1;
     }
     struct tally t = {0};
     int rc = 1;
