@@ -482,6 +482,19 @@ static void test_writer(void) {
     CHECK(cur && old && n_cur == n_old && memcmp(cur, old, n_old) == 0);  // the writer is deterministic
     free(cur);
 
+    // a name used twice, or the reserved "__metadata__": rejected before anything is written, the old file kept
+    struct st_wtensor dup[2] = {wt[0], wt[1]};
+    dup[1].name = wt[0].name;
+    st = st_write(path, dup, 2, NULL, 0, &e);
+    CHECKF(st == SD3Q_ERR_INVALID_ARG && strstr(e.msg, "model.a") && strstr(e.msg, "twice"), "duplicate name: %d %s", st, e.msg);
+    printf("duplicate tensor name -> %s\n", e.msg);
+    dup[1].name = "__metadata__";
+    st = st_write(path, dup, 2, NULL, 0, &e);
+    CHECKF(st == SD3Q_ERR_INVALID_ARG && strstr(e.msg, "reserved"), "__metadata__ as a name: %d %s", st, e.msg);
+    cur = slurp(path, &n_cur);
+    CHECK(cur && n_cur == n_old && memcmp(cur, old, n_old) == 0 && !has_temp_file(g_dir));
+    free(cur);
+
     // failures: each returns SD3Q_ERR_IO naming the path and leaves nothing behind
     char sub[1200], fileparent[1200];
     snprintf(sub, sizeof sub, "%s/no/such/dir/x.safetensors", g_dir);

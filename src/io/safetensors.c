@@ -346,6 +346,12 @@ enum sd3q_status st_write(const char * path, const struct st_wtensor * t, int n,
             st = err_set(e, SD3Q_ERR_INVALID_ARG, "%s: tensor '%s': size overflows", path, t[i].name);
             goto cleanup;
         }
+        if (!t[i].name || !strcmp(t[i].name, "__metadata__") || cJSON_GetObjectItemCaseSensitive(root, t[i].name)) {
+            // a reader would see one tensor, or the metadata, where the caller meant two (quadratic, but n is small)
+            st = err_set(e, SD3Q_ERR_INVALID_ARG, "%s: tensor %d: name '%s' is %s", path, i, t[i].name ? t[i].name : "(null)",
+                         t[i].name && strcmp(t[i].name, "__metadata__") ? "used twice" : "reserved");
+            goto cleanup;
+        }
         cJSON * o = cJSON_AddObjectToObject(root, t[i].name);
         if (!o) {
             st = err_set(e, SD3Q_ERR_OOM, "out of memory");
