@@ -25,6 +25,9 @@ Examples:
   python train.py export --workdir /tmp/w --out models/tiny-sd3
   python train.py dit --workdir /tmp/w --resume            # continue from /tmp/w/dit.pt
   python train.py dit --workdir /tmp/w2 --init-from models/tiny-sd3   # fine-tune a shipped model
+  torchrun --nproc_per_node=4 train.py dit --workdir /tmp/w3 --init-from models/tiny-sd3 --freeze-text
+      # data parallel, one process per GPU (each its own scene bank and noise, gradients averaged every step);
+      # --freeze-text keeps the text encoders fixed and caches the captions' embeddings (the MMDiT alone trains)
 """
 import argparse
 import io
