@@ -7,7 +7,8 @@
  *     the f32 diffusers case re-sharded into 2 shards + index (as --model folder and as a --mmdit folder), the bf16
  *     dual-attention diffusers case re-sharded into 3 shards, the f16 single file given as a split --mmdit file with
  *     and without the `model.diffusion_model.` prefix, a split file overriding a folder's MMDiT, a single file
- *     with extra keys under allow_extra
+ *     with extra keys under allow_extra, a prefixed split file with an unprefixed key under allow_extra (rejected
+ *     without it)
  *   hyper-parameters from sd3q_model_mmdit_info for all four golden cases (README's configuration; qk_norm and
  *     dual-attention detection; parameter count = sum of the file's element counts)
  *   rejections, each with the status and a message naming the file and the tensor or field: unknown keys (outside
@@ -294,6 +295,15 @@ static void test_layouts(void) {
     const char * stripped = tpath("split-stripped.safetensors", NULL);
     tl_write(&l, 0, l.n, stripped);
     load_and_check("split --mmdit, prefix stripped", NULL, stripped, 0, F16_DIR);
+    // a prefixed split file with a key outside the prefix: named as unknown, not dropped silently
+    tl_from(&l, &f16, "", "");
+    static const float stray_v[2] = {1, 2};
+    static const int64_t stray_s[1] = {2};
+    tl_add(&l, "stray.weight", DT_F32, 1, stray_s, stray_v);
+    const char * stray = tpath("split-stray.safetensors", NULL);
+    tl_write(&l, 0, l.n, stray);
+    expect_load_fail("split --mmdit, unprefixed stray key", NULL, stray, SD3Q_ERR_FORMAT, stray, "stray.weight", "--allow-extra");
+    load_and_check("split --mmdit, stray key allowed", NULL, stray, 1, F16_DIR);
 
     // re-shard the f32 diffusers case: 2 shards, interleaved, with an index, config.json copied
     const char * sh_root = tpath("sharded-f32", NULL);

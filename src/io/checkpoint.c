@@ -224,6 +224,17 @@ static enum sd3q_status load_diffusers(struct ckpt * c, const char * root, struc
     return SD3Q_OK;
 }
 
+// Counts a tensor that belongs to no component, remembering the first one and its file for the error message.
+static enum sd3q_status note_unknown(struct ckpt * c, const char * path, const char * name, struct sd3q_errbuf * e) {
+    if (!c->first_unknown) {
+        c->first_unknown = strdup(name);
+        c->unknown_file  = strdup(path);
+        if (!c->first_unknown || !c->unknown_file) return err_set(e, SD3Q_ERR_OOM, "out of memory");
+    }
+    c->n_unknown++;
+    return SD3Q_OK;
+}
+
 // Loads an original single file: each known prefix becomes a component; other keys are counted as unknown.
 static enum sd3q_status load_single(struct ckpt * c, const char * path, struct sd3q_errbuf * e) {
     struct st_file * f;
@@ -241,10 +252,7 @@ static enum sd3q_status load_single(struct ckpt * c, const char * path, struct s
     for (int i = 0; i < f->n; i++) {
         int known = 0;
         for (int k = 0; k < SD3Q_COMP_COUNT && !known; k++) known = starts_with(f->t[i].name, single_prefix[k]);
-        if (!known) {
-            if (!c->first_unknown) c->first_unknown = strdup(f->t[i].name);
-            c->n_unknown++;
-        }
+        if (!known) TRY(note_unknown(c, path, f->t[i].name, e));
     }
     return SD3Q_OK;
 }
@@ -264,6 +272,9 @@ static enum sd3q_status load_split(struct ckpt * c, enum sd3q_component which, c
             break;
         }
     TRY(comp_add_tensors(comp, f, prefix, e));
+    // with a prefix, the keys without it belong to no component (as in a single file): not silently dropped
+    for (int i = 0; prefix[0] && i < f->n; i++)
+        if (!starts_with(f->t[i].name, prefix)) TRY(note_unknown(c, path, f->t[i].name, e));
     if (comp->n == 0) return err_set(e, SD3Q_ERR_MISSING, "%s: no tensors for %s", path, comp_names[which]);
     comp->present = 1;
     TRY(comp_set_origin(comp, e, "%s%s", path, prefix[0] ? " (prefixed)" : ""));
@@ -314,5 +325,6 @@ void ckpt_close(struct ckpt * c) {
     free(c->root);
     for (int k = 0; k < 3; k++) free(c->tokenizer[k]);
     free(c->first_unknown);
+    free(c->unknown_file);
     memset(c, 0, sizeof(*c));
 }

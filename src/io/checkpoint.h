@@ -39,8 +39,9 @@ struct ckpt {
     struct ckpt_component comp[SD3Q_COMP_COUNT];
     char *                root;           // the diffusers folder, or NULL
     char *                tokenizer[3];   // tokenizer folders for CLIP-L, CLIP-G, T5 (diffusers layout), or NULL
-    int                   n_unknown;      // tensors of a single file that belong to no component
+    int                   n_unknown;      // tensors of a single file (or a prefixed split file) that belong to no component
     char *                first_unknown;  // the first such name
+    char *                unknown_file;   // the file it is in
 };
 
 // Opens every file the parameters name and sorts their tensors into components.

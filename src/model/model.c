@@ -33,7 +33,7 @@ enum sd3q_status sd3q_model_load(const struct sd3q_model_params * params, struct
     if ((st = ckpt_open(params, &m->ck, &e)) != SD3Q_OK) goto done;
     if (m->ck.n_unknown && !params->allow_extra) {
         st = err_set(&e, SD3Q_ERR_FORMAT, "%s: %d tensor(s) belong to no SD3 component, e.g. '%s' (pass --allow-extra to ignore)",
-                     params->path, m->ck.n_unknown, m->ck.first_unknown);
+                     m->ck.unknown_file, m->ck.n_unknown, m->ck.first_unknown);
         goto done;
     }
     if (m->ck.comp[SD3Q_COMP_MMDIT].present &&
