@@ -289,7 +289,8 @@ struct sd3q_gen_timing {
 // Generates one image: encodes the prompts, samples (flow-matching Euler with CFG, batch order [uncond, cond] as
 // diffusers), decodes. image [3, H, W] in about [-1, 1]; latents (may be NULL) [C, H/8, W/8] receives the final
 // latent in model space (before the VAE's scaling and shift). timing may be NULL. A size the session was not planned
-// for (sd3q_session_params) is rejected before any work.
+// for (sd3q_session_params) is rejected before any work. The session keeps the last call's text conditioning and
+// reuses it while the prompt, negative prompt and T5 length repeat (the text encoders then do not run: timing->text ≈ 0).
 SD3Q_API enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const struct sd3q_gen_params * p, float * image,
                                                 float * latents, struct sd3q_gen_timing * timing);
 

@@ -2,7 +2,9 @@
  * test-pipeline-golden.c — the whole text-to-image pipeline (sd3q_session_generate) against the reference on the tiny
  * random diffusers-layout checkpoint in tests/golden/pipeline (prompt and negative prompt from text, injected noise,
  * 4 steps, CFG 5): final latents within 1e-3 relative error (the issue's bound; we also print the actual error) and
- * every 8-bit pixel within 2/255; the same for the single-file layout with the F8 T5. Also: bad requests fail cleanly.
+ * every 8-bit pixel within 2/255; the same for the single-file layout with the F8 T5. Also: the conditioning cache
+ * (other prompts change the result, the same prompt restores it bit for bit, with and without guidance), a
+ * low_memory session gives the same latents, and bad requests fail cleanly.
  */
 #include <math.h>
 #include <stdio.h>
@@ -67,6 +69,30 @@ static void run(const char * model_path, const struct st_file * io, const cJSON 
     for (int64_t i = 0; i < 3LL * W * H; i++) worst = abs(a[i] - b[i]) > worst ? abs(a[i] - b[i]) : worst;
     printf("%s: largest 8-bit pixel difference %d/255\n", model_path, worst);
     CHECKF(worst <= 2, "pixel difference %d/255 > 2/255", worst);
+    // generate caches the text conditioning: another prompt or negative prompt changes the result, and the first pair
+    // again gives the first latents bit for bit (from the cache, and after re-encoding)
+    const size_t lat_bytes = sizeof(float) * 16 * (size_t)(H / 8) * (W / 8);
+    float * lat3 = malloc(lat_bytes);
+    const char * prompt0 = gp.prompt, * negative0 = gp.negative_prompt;
+    CHECK(sd3q_session_generate(s, &gp, img, lat3, NULL) == SD3Q_OK && memcmp(lat3, lat, lat_bytes) == 0);
+    gp.prompt = "a completely different prompt";
+    CHECK(sd3q_session_generate(s, &gp, img, lat3, NULL) == SD3Q_OK && memcmp(lat3, lat, lat_bytes) != 0);
+    gp.prompt = prompt0, gp.negative_prompt = "something else entirely";
+    CHECK(sd3q_session_generate(s, &gp, img, lat3, NULL) == SD3Q_OK && memcmp(lat3, lat, lat_bytes) != 0);
+    gp.negative_prompt = negative0;
+    CHECK(sd3q_session_generate(s, &gp, img, lat3, NULL) == SD3Q_OK && memcmp(lat3, lat, lat_bytes) == 0);
+    // without guidance the cached conditional half serves; it equals a fresh encoding without the negative prompt
+    float * lat4 = malloc(lat_bytes), cfg0 = gp.cfg;
+    gp.cfg = 1.0f;
+    CHECK(sd3q_session_generate(s, &gp, img, lat3, NULL) == SD3Q_OK);
+    gp.prompt = "a completely different prompt";
+    CHECK(sd3q_session_generate(s, &gp, img, lat4, NULL) == SD3Q_OK);
+    gp.prompt = prompt0;
+    CHECK(sd3q_session_generate(s, &gp, img, lat4, NULL) == SD3Q_OK && memcmp(lat3, lat4, lat_bytes) == 0);
+    gp.cfg = cfg0;  // the cache now lacks the unconditional half: this call encodes it again
+    CHECK(sd3q_session_generate(s, &gp, img, lat3, NULL) == SD3Q_OK && memcmp(lat3, lat, lat_bytes) == 0);
+    free(lat3);
+    free(lat4);
     // the residency policy moves weights, not results: a low_memory session gives the same latents bit for bit
     sp.low_memory = 1;
     struct sd3q_session * s2;

@@ -211,6 +211,7 @@ void sd3q_session_free(struct sd3q_session * s) {
     free(s->host_t);
     text_session_free(s);
     vae_session_free(s);
+    pipeline_session_free(s);
     free(s);
 }
 

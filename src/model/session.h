@@ -31,7 +31,17 @@ struct sd3q_session {
     int                        vae_tw;    // planned VAE tile, latent columns
     float *                    host_vae;  // staging: one tile's latent and image
     int                        vae_prepared; // 1: the VAE's weights were given to the backend (prepare)
+    // sd3q_session_generate's conditioning for the last prompt (src/model/pipeline.c): reused while the texts repeat
+    char *                     gen_prompt;   // NULL: nothing cached
+    char *                     gen_negative; // NULL when only the conditional half was encoded (CFG off)
+    int                        gen_t5_len;
+    float *                    gen_ctx;      // [2, L, D]: conditional, then unconditional
+    float *                    gen_pooled;   // [2, P]
+    int64_t                    gen_ctx_n;    // floats allocated in gen_ctx (L·D each half)
 };
+
+// Frees what sd3q_session_generate keeps between calls.
+void pipeline_session_free(struct sd3q_session * s);
 
 // Copies a component's weights to the backend ahead of use as residency group `group` (enum sd3q_component), when
 // the backend keeps its own copies (CUDA); for_each(obj, fn, ud) calls fn for every weight (e.g. mmdit_for_each_weight).
