@@ -4,11 +4,15 @@
  * memory-mapped, then one 1024² image (prompt + negative prompt through all three text encoders, whose pages are
  * released afterwards, N denoising steps with CFG, a one-piece VAE decode as diffusers does it). Reports the time of
  * each stage and the resident memory after each (anonymous = our allocations, file = mapped weight pages), and the peak.
+ * With --device cuda (a CUDA build) the same image runs on the GPU and the report adds the device memory: the weight
+ * copies and backend allocations at session init, at the first denoising step and after the image, and the backend's
+ * peak — with --low-memory (only the running component resident) this is the number for a 24 GB card.
  *
  * Tokenizers: the real CLIP vocabulary from ../shared/tokenizers and the small T5 test vocabulary (ids < 1000, which
  * index the 32128-row embedding like any real ids).
  *
  * Usage: bench-pipeline [--weights FILE] [--steps 1] [--res 1024] [--threads 0] [--vae-tile 0 (one piece)]
+ *                       [--device cpu|cuda] [--low-memory]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +23,12 @@
 #include <unistd.h>
 
 #include "io/fileutil.h"
+#include "model/session.h"
 #include "sd3q.h"
 #include "common.h"
+#ifdef SD3Q_HAVE_CUDA
+#include "backend/cuda/cuda-backend.h"
+#endif
 
 
 
@@ -29,25 +37,53 @@ static void mem(const char * when) {
            bench_proc_mib("RssFile"), bench_proc_mib("VmHWM"));
 }
 
+// Device memory of a CUDA session (nothing for the CPU).
+static void device_mem(const char * when, struct sd3q_session * s) {
+#ifdef SD3Q_HAVE_CUDA
+    struct cuda_mem_info mi;
+    if (backend_cuda_mem_info(s->bk, &mi) != 0) return;
+    printf("  device %-27s weights %8.0f MiB, backend %8.0f MiB (peak %8.0f MiB), device used %8.0f of %.0f MiB\n", when,
+           mi.weights_now / 1048576.0, mi.backend_now / 1048576.0, mi.backend_peak / 1048576.0, mi.device_used / 1048576.0,
+           mi.device_total / 1048576.0);
+#else
+    (void)when, (void)s;
+#endif
+}
+
+struct prog {
+    double                 t0;
+    struct sd3q_session *  s;
+};
+
 static int progress(void * ud, int done, int total) {
-    printf("  step %d/%d at %.1f s\n", done, total, bench_now() - *(double *)ud);
+    struct prog * p = ud;
+    printf("  step %d/%d at %.1f s\n", done, total, bench_now() - p->t0);
+    if (done == 1) device_mem("at the first step", p->s);
     fflush(stdout);
     return 0;
 }
 
 int main(int argc, char ** argv) {
     const char * weights = "/tmp/sd3q-bench-sd3m-full-f16.safetensors";
-    int steps = 1, res = 1024, threads = 0, tile = 0;
+    int steps = 1, res = 1024, threads = 0, tile = 0, low_memory = 0;
+    const char * device = "cpu";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--vae-tile") && i + 1 < argc) tile = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
+        else if (!strcmp(argv[i], "--low-memory")) low_memory = 1;
         else {
-            fprintf(stderr, "usage: bench-pipeline [--weights FILE] [--steps N] [--res N] [--threads N] [--vae-tile N]\n");
+            fprintf(stderr, "usage: bench-pipeline [--weights FILE] [--steps N] [--res N] [--threads N] [--vae-tile N] "
+                            "[--device cpu|cuda] [--low-memory]\n");
             return 2;
         }
+    }
+    if (strcmp(device, "cpu") && strcmp(device, "cuda")) {
+        fprintf(stderr, "bench-pipeline: --device must be cpu or cuda (got '%s')\n", device);
+        return 2;
     }
     if (!path_is_file(weights)) {
         struct bw_file * f = bw_new();
@@ -72,7 +108,8 @@ int main(int argc, char ** argv) {
     snprintf(b, sizeof b, "%s/spiece.model", tok);
     if (symlink(a, b) != 0) perror(b);
 
-    printf("SD3-Medium-shaped pipeline, %d², %d step(s), CFG 7, T5 length 256\n", res, steps);
+    printf("SD3-Medium-shaped pipeline, %d², %d step(s), CFG 7, T5 length 256, %s%s\n", res, steps, device,
+           low_memory ? ", low_memory" : "");
     mem("start");
     double t0 = bench_now();
     struct sd3q_model_params mp = sd3q_model_default_params();
@@ -87,7 +124,8 @@ int main(int argc, char ** argv) {
     printf("loaded in %.2f s\n", bench_now() - t0);
     mem("after loading (mmap)");
     struct sd3q_session_params sp = sd3q_session_default_params();
-    sp.device = SD3Q_DEVICE_CPU, sp.n_threads = threads, sp.max_batch = 2, sp.max_latent_h = sp.max_latent_w = res / 8;
+    sp.device = strcmp(device, "cuda") ? SD3Q_DEVICE_CPU : SD3Q_DEVICE_CUDA, sp.low_memory = low_memory;
+    sp.n_threads = threads, sp.max_batch = 2, sp.max_latent_h = sp.max_latent_w = res / 8;
     sp.max_context = sd3q_model_context_len(m, 256), sp.vae_tile = tile ? tile : res / 8;
     struct sd3q_session * s;
     if (sd3q_session_init(m, &sp, &s, err, sizeof err) != SD3Q_OK) {
@@ -96,8 +134,9 @@ int main(int argc, char ** argv) {
     }
     printf("session arena %.0f MiB (the largest of the MMDiT, text encoder and VAE plans)\n", (double)sd3q_session_arena_bytes(s) / (1 << 20));
     mem("after session init");
-    double tp = bench_now();
-    sd3q_session_set_progress(s, progress, &tp);
+    device_mem("after session init", s);
+    struct prog pr = {bench_now(), s};
+    sd3q_session_set_progress(s, progress, &pr);
     struct sd3q_gen_params gp = sd3q_gen_default_params();
     gp.prompt = "a photo of an astronaut riding a horse on the moon", gp.width = gp.height = res, gp.steps = steps, gp.release_text = 1;
     float * img = malloc(sizeof(float) * 3 * (size_t)res * res);
@@ -109,6 +148,7 @@ int main(int argc, char ** argv) {
     printf("text encoding (CLIP-L, CLIP-G, T5-XXL; prompt and negative) %.1f s, denoising %.1f s (%.1f s/step), VAE decode %.1f s\n",
            tm.text, tm.denoise, tm.denoise / steps, tm.decode);
     mem("after the image");
+    device_mem("after the image", s);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("peak RSS %.0f MiB (%.2f GiB), of which the mapped weight pages are file-backed and reclaimable\n", (double)ru.ru_maxrss / 1024,
