@@ -97,15 +97,6 @@ static float * rand_host(int64_t n, float scale, uint64_t seed) {
     return x;
 }
 
-// One line of the backend's memory report.
-static void print_mem(const char * when, struct backend * bk) {
-    struct cuda_mem_info mi;
-    if (backend_cuda_mem_info(bk, &mi) != 0) return;
-    printf("memory %-34s weights %7.1f MiB, backend %7.1f MiB (peak %7.1f MiB), device used %7.1f of %.0f MiB\n", when,
-           mi.weights_now / 1048576.0, mi.backend_now / 1048576.0, mi.backend_peak / 1048576.0, mi.device_used / 1048576.0,
-           mi.device_total / 1048576.0);
-}
-
 // Times `reps` forward passes at one resolution on session s; returns the median milliseconds.
 static double time_forward(struct sd3q_session * s, const struct mmdit * m, int lat, int L, int warmup, int reps, double * best) {
     const struct mmdit_config * c = &m->cfg;
@@ -274,7 +265,7 @@ int main(int argc, char ** argv) {
     backend_cuda_device_name(s->bk, dev, sizeof dev);
     printf("device %s; session init (weights converted to bf16 and uploaded) %.2f s; arena %.1f MiB\n", dev, bench_now() - t0,
            (double)sd3q_session_arena_bytes(s) / 1048576.0);
-    print_mem("after init", s->bk);
+    bench_cuda_mem("after init", s->bk);
     printf("RESULT device=\"%s\"\n", dev);
 
     for (int r = 0; r < nres; r++) {
@@ -315,7 +306,7 @@ int main(int argc, char ** argv) {
             printf("   fc1 Linear+GELU alone (M=%lld, K=1536, N=6144): %.3f ms, %.1f TFLOP/s\n", (long long)(2 * N), gms, gf / (gms * 1e-3) / 1e12);
             printf("RESULT gemm_tflops=%.1f\n", gf / (gms * 1e-3) / 1e12);
         }
-        print_mem("after the timed passes", s->bk);
+        bench_cuda_mem("after the timed passes", s->bk);
     }
 
     // a whole 28-step 1024² image (latents only: host clock, uploads and the CFG/Euler update included)
@@ -336,11 +327,11 @@ int main(int argc, char ** argv) {
     }
     struct cuda_mem_info mi;
     backend_cuda_mem_info(s->bk, &mi);
-    print_mem("end (peak = whole run)", s->bk);
+    bench_cuda_mem("end (peak = whole run)", s->bk);
     printf("RESULT weights_mib=%.1f backend_peak_mib=%.1f device_used_mib=%.1f\n", mi.weights_now / 1048576.0, mi.backend_peak / 1048576.0,
            mi.device_used / 1048576.0);
     s->bk->ops->release(s->bk, SD3Q_COMP_MMDIT);
-    print_mem("after release(MMDiT)", s->bk);
+    bench_cuda_mem("after release(MMDiT)", s->bk);
     sd3q_session_free(s);
 
     if (profile) {  // per-op breakdown at 1024² (each op synchronised: the sum exceeds the step time)

@@ -26,28 +26,12 @@
 #include "model/session.h"
 #include "sd3q.h"
 #include "common.h"
-#ifdef SD3Q_HAVE_CUDA
-#include "backend/cuda/cuda-backend.h"
-#endif
 
 
 
 static void mem(const char * when) {
     printf("  %-34s RSS %7.0f MiB (anon %6.0f, file %7.0f), peak %7.0f MiB\n", when, bench_proc_mib("VmRSS"), bench_proc_mib("RssAnon"),
            bench_proc_mib("RssFile"), bench_proc_mib("VmHWM"));
-}
-
-// Device memory of a CUDA session (nothing for the CPU).
-static void device_mem(const char * when, struct sd3q_session * s) {
-#ifdef SD3Q_HAVE_CUDA
-    struct cuda_mem_info mi;
-    if (backend_cuda_mem_info(s->bk, &mi) != 0) return;
-    printf("  device %-27s weights %8.0f MiB, backend %8.0f MiB (peak %8.0f MiB), device used %8.0f of %.0f MiB\n", when,
-           mi.weights_now / 1048576.0, mi.backend_now / 1048576.0, mi.backend_peak / 1048576.0, mi.device_used / 1048576.0,
-           mi.device_total / 1048576.0);
-#else
-    (void)when, (void)s;
-#endif
 }
 
 struct prog {
@@ -58,7 +42,7 @@ struct prog {
 static int progress(void * ud, int done, int total) {
     struct prog * p = ud;
     printf("  step %d/%d at %.1f s\n", done, total, bench_now() - p->t0);
-    if (done == 1) device_mem("at the first step", p->s);
+    if (done == 1) bench_cuda_mem("at the first step", p->s->bk);
     fflush(stdout);
     return 0;
 }
@@ -134,7 +118,7 @@ int main(int argc, char ** argv) {
     }
     printf("session arena %.0f MiB (the largest of the MMDiT, text encoder and VAE plans)\n", (double)sd3q_session_arena_bytes(s) / (1 << 20));
     mem("after session init");
-    device_mem("after session init", s);
+    bench_cuda_mem("after session init", s->bk);
     struct prog pr = {bench_now(), s};
     sd3q_session_set_progress(s, progress, &pr);
     struct sd3q_gen_params gp = sd3q_gen_default_params();
@@ -148,7 +132,7 @@ int main(int argc, char ** argv) {
     printf("text encoding (CLIP-L, CLIP-G, T5-XXL; prompt and negative) %.1f s, denoising %.1f s (%.1f s/step), VAE decode %.1f s\n",
            tm.text, tm.denoise, tm.denoise / steps, tm.decode);
     mem("after the image");
-    device_mem("after the image", s);
+    bench_cuda_mem("after the image", s->bk);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("peak RSS %.0f MiB (%.2f GiB), of which the mapped weight pages are file-backed and reclaimable\n", (double)ru.ru_maxrss / 1024,

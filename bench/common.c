@@ -11,6 +11,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef SD3Q_HAVE_CUDA
+#include "backend/cuda/cuda-backend.h"
+#endif
+
 #define POOL     (1 << 22)  // values per pool; tensors read random windows of it
 #define MAX_POOL 64         // distinct scales
 
@@ -346,4 +350,16 @@ int bw_write(const struct bw_file * f, const char * path) {
     }
     printf("wrote %s: %d tensors, %.2f GB, in %.1f s\n", path, f->n, (double)off / 1e9, bench_now() - t0);
     return 0;
+}
+
+void bench_cuda_mem(const char * when, struct backend * bk) {
+#ifdef SD3Q_HAVE_CUDA
+    struct cuda_mem_info mi;
+    if (backend_cuda_mem_info(bk, &mi) != 0) return;
+    printf("memory %-34s weights %7.1f MiB, backend %7.1f MiB (peak %7.1f MiB), device used %7.1f of %.0f MiB\n", when,
+           mi.weights_now / 1048576.0, mi.backend_now / 1048576.0, mi.backend_peak / 1048576.0, mi.device_used / 1048576.0,
+           mi.device_total / 1048576.0);
+#else
+    (void)when, (void)bk;
+#endif
 }

@@ -46,4 +46,10 @@ double bench_now(void);
 // A field of /proc/self/status ("VmRSS", "RssAnon", "RssFile", "VmHWM") in MiB; -1 when unavailable.
 double bench_proc_mib(const char * field);
 
+struct backend;
+
+// Prints one line of a CUDA backend's memory (weight copies, backend allocations and their peak, device use), labelled
+// `when`; prints nothing for another backend or in a build without CUDA.
+void bench_cuda_mem(const char * when, struct backend * bk);
+
 #endif

@@ -46,16 +46,6 @@ timeout $(( DIT_S + 150 )) $PY train.py dit --workdir "$W" --time-budget-s "$DIT
 stamp "evaluate"
 $PY evaluate.py --model "$W/ship_ema" --sets heldout seen --cfg $EVAL_CFG --batch 50 \
     --json "$OUT/eval.json" --save "$W/eval_img" ${EVAL_LIMIT:+--limit $EVAL_LIMIT}
-$PY - <<EOF
-import numpy as np, os
-from PIL import Image
-d = "$W/eval_img/heldout_cfg5"
-names = sorted(f for f in os.listdir(d) if f.endswith(".png"))[:32]
-ims = [np.array(Image.open(os.path.join(d, f))) for f in names]
-while len(ims) % 8:
-    ims.append(np.zeros_like(ims[0]))
-rows = [np.concatenate(ims[i:i + 8], 1) for i in range(0, len(ims), 8)]
-Image.fromarray(np.concatenate(rows, 0)).save("$OUT/heldout_grid.png")
-EOF
+$PY grid.py "$W/eval_img/heldout_cfg5" "$OUT/heldout_grid.png"
 cat "$W"/log_vae.txt "$W"/log_dit.txt > "$OUT/train_log.txt" 2>/dev/null
 stamp done

@@ -56,15 +56,7 @@ import sys
 sys.path.insert(0, ".")
 import train
 print("final model.tar: %d bytes" % train.tar_parts("$WD/ship_ema", "tiny-sd3", "$OUT", "model.tar"))
-import numpy as np, os
-from PIL import Image
-d = "$WD/eval_img/heldout_cfg5"
-names = sorted(f for f in os.listdir(d) if f.endswith(".png"))[:32]
-ims = [np.array(Image.open(os.path.join(d, f))) for f in names]
-while len(ims) % 8:
-    ims.append(np.zeros_like(ims[0]))
-rows = [np.concatenate(ims[i:i + 8], 1) for i in range(0, len(ims), 8)]
-Image.fromarray(np.concatenate(rows, 0)).save("$OUT/heldout_grid.png")
 PYEOF
+$PY grid.py "$WD/eval_img/heldout_cfg5" "$OUT/heldout_grid.png"
 cat "$WV"/log_vae.txt "$WD"/log_dit.txt > "$OUT/train_log.txt" 2>/dev/null
 stamp done

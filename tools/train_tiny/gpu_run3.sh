@@ -59,15 +59,7 @@ finish)
     stamp "evaluate"
     $PY evaluate.py --model "$W/ship_ema" --sets heldout seen --cfg 5 --batch 100 --json "$OUT/eval.json" \
         --save "$W/eval_img"
-    $PY - <<PYEOF
-import numpy as np, os
-from PIL import Image
-d = "$W/eval_img/heldout_cfg5"
-names = sorted(f for f in os.listdir(d) if f.endswith(".png"))[:32]
-ims = [np.array(Image.open(os.path.join(d, f))) for f in names]
-rows = [np.concatenate(ims[i:i + 8], 1) for i in range(0, len(ims), 8)]
-Image.fromarray(np.concatenate(rows, 0)).save("$OUT/heldout_grid.png")
-PYEOF
+    $PY grid.py "$W/eval_img/heldout_cfg5" "$OUT/heldout_grid.png"
     stamp done
     ;;
 *)
