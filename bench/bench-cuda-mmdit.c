@@ -195,24 +195,13 @@ static double time_gemm(struct backend * bk, const struct mmdit * m, int64_t M, 
     return med;
 }
 
-// Parses "a,b,c" into up to 8 ints.
-static int parse_list(const char * s, int * out) {
-    int n = 0;
-    while (s && *s && n < 8) {
-        out[n++] = atoi(s);
-        s = strchr(s, ',');
-        if (s) s++;
-    }
-    return n;
-}
-
 // See the top of the file.
 int main(int argc, char ** argv) {
     const char * weights = "/tmp/sd3q-bench-sd3m-f16.safetensors";
     int res[8] = {512, 1024}, nres = 2, reps = 20, warmup = 3, steps = 28, ctx = 333, profile = 1, gen_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
-        else if (!strcmp(argv[i], "--res") && i + 1 < argc) nres = parse_list(argv[++i], res);
+        else if (!strcmp(argv[i], "--res") && i + 1 < argc) nres = bench_parse_list(argv[++i], res, 8);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);

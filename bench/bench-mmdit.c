@@ -42,24 +42,13 @@ static int make_weights(const char * path) {
     return r;
 }
 
-// Parses "a,b,c" into up to 8 ints.
-static int parse_list(const char * s, int * out) {
-    int n = 0;
-    while (s && *s && n < 8) {
-        out[n++] = atoi(s);
-        s = strchr(s, ',');
-        if (s) s++;
-    }
-    return n;
-}
-
 int main(int argc, char ** argv) {
     const char * weights = "/tmp/sd3q-bench-sd3m-f16.safetensors";
     int res[8] = {512, 1024}, nres = 2, thr[8] = {1, 2}, nthr = 2, ctx = 333, reps = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
-        else if (!strcmp(argv[i], "--res") && i + 1 < argc) nres = parse_list(argv[++i], res);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) nthr = parse_list(argv[++i], thr);
+        else if (!strcmp(argv[i], "--res") && i + 1 < argc) nres = bench_parse_list(argv[++i], res, 8);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) nthr = bench_parse_list(argv[++i], thr, 8);
         else if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else {
@@ -69,7 +58,7 @@ int main(int argc, char ** argv) {
     }
     if (!path_is_file(weights) && make_weights(weights) != 0) return 1;
 
-    double rss0 = bench_proc_mib("VmRSS");
+    double rss0 = proc_status_mib("VmRSS");
     double t0 = bench_now();
     struct sd3q_model_params mp = sd3q_model_default_params();
     mp.path = weights;
@@ -82,7 +71,7 @@ int main(int argc, char ** argv) {
     struct sd3q_mmdit_info info;
     sd3q_model_mmdit_info(m, &info);
     printf("loaded %.3f G parameters in %.3f s; RSS %.0f → %.0f MiB (anon %.0f MiB, file %.0f MiB): weights stay in the mapping\n",
-           (double)info.n_params / 1e9, bench_now() - t0, rss0, bench_proc_mib("VmRSS"), bench_proc_mib("RssAnon"), bench_proc_mib("RssFile"));
+           (double)info.n_params / 1e9, bench_now() - t0, rss0, proc_status_mib("VmRSS"), proc_status_mib("RssAnon"), proc_status_mib("RssFile"));
 
     for (int r = 0; r < nres; r++) {
         int lat = res[r] / 8;

@@ -30,8 +30,8 @@
 
 
 static void mem(const char * when) {
-    printf("  %-34s RSS %7.0f MiB (anon %6.0f, file %7.0f), peak %7.0f MiB\n", when, bench_proc_mib("VmRSS"), bench_proc_mib("RssAnon"),
-           bench_proc_mib("RssFile"), bench_proc_mib("VmHWM"));
+    printf("  %-34s RSS %7.0f MiB (anon %6.0f, file %7.0f), peak %7.0f MiB\n", when, proc_status_mib("VmRSS"), proc_status_mib("RssAnon"),
+           proc_status_mib("RssFile"), proc_status_mib("VmHWM"));
 }
 
 struct prog {

@@ -66,21 +66,10 @@ static int make_clip_g(const char * path) {
     return r;
 }
 
-// Parses "a,b,c" into up to 8 ints.
-static int parse_list(const char * s, int * out) {
-    int n = 0;
-    while (s && *s && n < 8) {
-        out[n++] = atoi(s);
-        s = strchr(s, ',');
-        if (s) s++;
-    }
-    return n;
-}
-
 // Prints the memory line after a pass.
 static void mem_line(const char * when) {
-    printf("   %-28s RssAnon %8.1f MiB   RssFile %8.1f MiB   VmHWM %8.1f MiB\n", when, bench_proc_mib("RssAnon"), bench_proc_mib("RssFile"),
-           bench_proc_mib("VmHWM"));
+    printf("   %-28s RssAnon %8.1f MiB   RssFile %8.1f MiB   VmHWM %8.1f MiB\n", when, proc_status_mib("RssAnon"), proc_status_mib("RssFile"),
+           proc_status_mib("VmHWM"));
 }
 
 // Loads a model from split component files (either may be NULL).
@@ -96,7 +85,7 @@ static struct sd3q_model * load(const char * t5, const char * clip_g) {
         return NULL;
     }
     printf("loaded %s in %.3f s; RssAnon %.1f MiB, RssFile %.1f MiB (the weights stay in the mapping)\n", t5 ? t5 : clip_g, bench_now() - t0,
-           bench_proc_mib("RssAnon"), bench_proc_mib("RssFile"));
+           proc_status_mib("RssAnon"), proc_status_mib("RssFile"));
     return m;
 }
 
@@ -199,7 +188,7 @@ int main(int argc, char ** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);  // progress lines appear as they happen when redirected
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) nthr = parse_list(argv[++i], thr);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) nthr = bench_parse_list(argv[++i], thr, 8);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) L = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--f8")) f8 = 1;
@@ -230,6 +219,6 @@ int main(int argc, char ** argv) {
             if (bench_t5(t5f8, "F8_E4M3", thr, nthr, L, reps) != 0) return 1;
         }
     }
-    printf("peak RSS (VmHWM) %.0f MiB — includes the mapped weight pages the passes touched\n", bench_proc_mib("VmHWM"));
+    printf("peak RSS (VmHWM) %.0f MiB — includes the mapped weight pages the passes touched\n", proc_status_mib("VmHWM"));
     return 0;
 }

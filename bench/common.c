@@ -1,6 +1,6 @@
 /*
- * common.c — what the benchmarks share: SD3-Medium-shaped random checkpoints, a clock, /proc memory readings (see
- * common.h). Tensor names and shapes follow
+ * common.c — what the benchmarks share: SD3-Medium-shaped random checkpoints, a clock, a list parser, the CUDA
+ * memory line (see common.h). Tensor names and shapes follow
  * ../shared/research/sd3_arch_spec.md §2.2–2.3 (MMDiT), §4.1–4.3 (CLIP-L, CLIP-G, T5-XXL) and §6 (VAE).
  */
 #include "common.h"
@@ -47,19 +47,14 @@ double bench_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-double bench_proc_mib(const char * field) {
-    FILE * f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    char line[256];
-    double v = -1;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
-            v = atof(line + fl + 1) / 1024.0;
-            break;
-        }
-    fclose(f);
-    return v;
+int bench_parse_list(const char * s, int * out, int max) {
+    int n = 0;
+    while (s && *s && n < max) {
+        out[n++] = atoi(s);
+        s = strchr(s, ',');
+        if (s) s++;
+    }
+    return n;
 }
 
 struct bw_file * bw_new(void) { return calloc(1, sizeof(struct bw_file)); }

@@ -43,8 +43,8 @@ int bw_write(const struct bw_file * f, const char * path);
 // Seconds on the monotonic clock.
 double bench_now(void);
 
-// A field of /proc/self/status ("VmRSS", "RssAnon", "RssFile", "VmHWM") in MiB; -1 when unavailable.
-double bench_proc_mib(const char * field);
+// Parses "a,b,c" into up to max ints; returns how many.
+int bench_parse_list(const char * s, int * out, int max);
 
 struct backend;
 

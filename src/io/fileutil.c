@@ -4,6 +4,7 @@
 #include "io/fileutil.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -135,4 +136,19 @@ void shape_str(const int64_t * shape, int ndim, char * buf, size_t size) {
     for (int i = 0; i < ndim; i++)
         k += (size_t)snprintf(buf + k, k < size ? size - k : 0, i ? ", %lld" : "%lld", (long long)shape[i]);
     snprintf(buf + (k < size ? k : size - 1), k < size ? size - k : 1, "]");
+}
+
+double proc_status_mib(const char * field) {
+    FILE * f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    double v = -1;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
+            v = atof(line + fl + 1) / 1024.0;
+            break;
+        }
+    fclose(f);
+    return v;
 }

@@ -42,6 +42,9 @@ char * path_join(const char * a, const char * b);
 int path_is_dir(const char * path);
 int path_is_file(const char * path);
 
+// A "Name:   123 kB" field of /proc/self/status ("VmRSS", "RssAnon", "RssFile", "VmHWM") in MiB; -1 when unavailable.
+double proc_status_mib(const char * field);
+
 // Formats a shape as "[2, 16, 64, 64]".
 void shape_str(const int64_t * shape, int ndim, char * buf, size_t size);
 

@@ -8,23 +8,8 @@
 #include <time.h>
 
 #include "commands.h"
+#include "io/fileutil.h"
 #include "io/safetensors.h"
-
-// Reads a "Name:   123 kB" field of /proc/self/status in MiB (-1 if unavailable).
-static double status_mib(const char * field) {
-    FILE * f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    char line[256];
-    double v = -1;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
-            v = atof(line + fl + 1) / 1024.0;
-            break;
-        }
-    fclose(f);
-    return v;
-}
 
 // ---- tokenize -------------------------------------------------------------------------------------------------------
 
@@ -138,10 +123,10 @@ int cmd_encode_prompt(int argc, char ** argv) {
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (release) {
-        double before = status_mib("RssFile");
+        double before = proc_status_mib("RssFile");
         for (int c = SD3Q_COMP_CLIP_L; c <= SD3Q_COMP_T5; c++)
             if (sd3q_model_has(m, (enum sd3q_component)c)) sd3q_model_release_pages(m, (enum sd3q_component)c);
-        fprintf(stderr, "sd3q encode-prompt: released the text encoders' pages: RssFile %.1f → %.1f MiB\n", before, status_mib("RssFile"));
+        fprintf(stderr, "sd3q encode-prompt: released the text encoders' pages: RssFile %.1f → %.1f MiB\n", before, proc_status_mib("RssFile"));
     }
     int64_t cs[3] = {1, L, D}, ps[2] = {1, P};
     struct st_wtensor wt[4] = {
