@@ -9,10 +9,11 @@
  * peak — with --low-memory (only the running component resident) this is the number for a 24 GB card.
  *
  * Tokenizers: the real CLIP vocabulary from ../shared/tokenizers and the small T5 test vocabulary (ids < 1000, which
- * index the 32128-row embedding like any real ids).
+ * index the 32128-row embedding like any real ids) from tests/golden/tokenizers/t5_tiny; --vocab-dir DIR takes both
+ * files (clip_bpe_simple_vocab_16e6.txt.gz, spiece.model) from DIR instead (a GPU machine has no ../shared).
  *
  * Usage: bench-pipeline [--weights FILE] [--steps 1] [--res 1024] [--threads 0] [--vae-tile 0 (one piece)]
- *                       [--device cpu|cuda] [--low-memory]
+ *                       [--device cpu|cuda] [--low-memory] [--vocab-dir DIR]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,7 @@ static int progress(void * ud, int done, int total) {
 int main(int argc, char ** argv) {
     const char * weights = "/tmp/sd3q-bench-sd3m-full-f16.safetensors";
     int steps = 1, res = 1024, threads = 0, tile = 0, low_memory = 0;
-    const char * device = "cpu";
+    const char * device = "cpu", * vocab_dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
@@ -59,9 +60,10 @@ int main(int argc, char ** argv) {
         else if (!strcmp(argv[i], "--vae-tile") && i + 1 < argc) tile = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else if (!strcmp(argv[i], "--low-memory")) low_memory = 1;
+        else if (!strcmp(argv[i], "--vocab-dir") && i + 1 < argc) vocab_dir = argv[++i];
         else {
             fprintf(stderr, "usage: bench-pipeline [--weights FILE] [--steps N] [--res N] [--threads N] [--vae-tile N] "
-                            "[--device cpu|cuda] [--low-memory]\n");
+                            "[--device cpu|cuda] [--low-memory] [--vocab-dir DIR]\n");
             return 2;
         }
     }
@@ -85,10 +87,14 @@ int main(int argc, char ** argv) {
     if (!mkdtemp(tok)) return 1;
     char cwd[4096], a[8192], b[8192];
     if (!getcwd(cwd, sizeof cwd)) return 1;
-    snprintf(a, sizeof a, "%s/../shared/tokenizers/clip_bpe_simple_vocab_16e6.txt.gz", cwd);
+    char vd[4096 + 8];  // the links live in another folder: a relative DIR is made absolute
+    if (vocab_dir) snprintf(vd, sizeof vd, "%s%s%s", vocab_dir[0] == '/' ? "" : cwd, vocab_dir[0] == '/' ? "" : "/", vocab_dir), vocab_dir = vd;
+    if (vocab_dir) snprintf(a, sizeof a, "%s/clip_bpe_simple_vocab_16e6.txt.gz", vocab_dir);
+    else snprintf(a, sizeof a, "%s/../shared/tokenizers/clip_bpe_simple_vocab_16e6.txt.gz", cwd);
     snprintf(b, sizeof b, "%s/bpe_simple_vocab_16e6.txt.gz", tok);
     if (symlink(a, b) != 0) perror(b);
-    snprintf(a, sizeof a, "%s/tests/golden/tokenizers/t5_tiny/spiece.model", cwd);
+    if (vocab_dir) snprintf(a, sizeof a, "%s/spiece.model", vocab_dir);
+    else snprintf(a, sizeof a, "%s/tests/golden/tokenizers/t5_tiny/spiece.model", cwd);
     snprintf(b, sizeof b, "%s/spiece.model", tok);
     if (symlink(a, b) != 0) perror(b);
 

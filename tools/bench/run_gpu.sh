@@ -6,11 +6,15 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# (no argument: all four).
+# [lowmem] (no argument: the first four). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
+# weights) with the low_memory policy and entirely resident, reporting device memory (bench-pipeline).
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
 G=${G:-.gpu}
 mkdir -p "$OUT" /tmp/sd3q-libs
+# the tests find their fixtures under the source folder compiled into them; elsewhere, point that path here
+src=$(grep -a -o -m1 "/[[:alnum:]/._-]*/tests/golden/mmdit" "$G/bin/test-cuda-mmdit-gpu" | head -n1 | sed "s,/tests/golden/mmdit$,,")
+[ -n "$src" ] && [ ! -e "$src/tests/golden" ] && mkdir -p "$(dirname "$src")" && ln -sfn "$PWD" "$src"
 steps="${*:-ops mmdit bench torch}"
 t0=$(date +%s)
 tar -xJf "$G/libs.tar.xz" -C /tmp/sd3q-libs 2>/dev/null
@@ -54,6 +58,9 @@ for st in $steps; do
         nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
         nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
+        lowmem)
+            run lowmem 300 "$G/bin/bench-pipeline" --device cuda --low-memory --steps 28 --res 1024 --vocab-dir "$G/vocab"
+            run resident 300 "$G/bin/bench-pipeline" --device cuda --steps 28 --res 1024 --vocab-dir "$G/vocab" ;;
     esac
 done
 echo "== steps (total $(( $(date +%s) - t0 )) s)"; printf '%s\n' "${summary[@]}"
@@ -65,5 +72,6 @@ done
 [ -f "$OUT/ops-isolated.txt" ] && { echo "== ops isolated"; grep -E "FAIL|^\[|passed|failed|rror" "$OUT/ops-isolated.txt" | head -40; }
 [ -f "$OUT/memcheck.txt" ] && { echo "== memcheck"; grep -E "Invalid|ERROR|at 0x|by thread" "$OUT/memcheck.txt" | head -20; }
 echo "== results"; cat "$OUT"/bench.log "$OUT"/torch.log 2>/dev/null | grep -E "^RESULT|^== |memory end|median" | grep -v attn_variant | head -40
+for f in lowmem resident; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^  step ([2-9]|1[0-9]|2[0-7])/" "$OUT/$f.log" | tail -n 25; }; done
 for f in bench-notune bench-nofuse; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== 1024" "$OUT/$f.log"; }; done
 exit 0

@@ -8,7 +8,8 @@
 #
 # Each returns the EMA model as $OUT/model.tar.part* (<= 15 MiB each) and the log; `finish` adds eval.json and a grid
 # of held-out samples. Knobs: DIT_S (1050, wall-clock budget of the training process incl. set-up), LR (5e-4),
-# BATCH (256 per GPU), BANK (200000 scenes per GPU), SEED (3), WAIT_S (570), NGPU (all), PY (python3), EXTRA.
+# BATCH (256 per GPU), BANK (200000 scenes per GPU), SEED (3), WAIT_S (570), NGPU (all), PY (python3), DECAY (0.4),
+# COMPILE (1: torch.compile the MMDiT; 0: eager), EXTRA.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/out}
@@ -20,7 +21,10 @@ BATCH=${BATCH:-256}
 BANK=${BANK:-200000}
 SEED=${SEED:-3}
 WAIT_S=${WAIT_S:-570}
+DECAY=${DECAY:-0.4}
+COMPILE=${COMPILE:-1}
 EXTRA=${EXTRA:-}
+[ "$COMPILE" = 1 ] && EXTRA="--compile $EXTRA"
 T0=$(date +%s)
 stamp() { echo "=== $(( $(date +%s) - T0 ))s: $*"; }
 mkdir -p "$OUT" "$W"
@@ -40,12 +44,12 @@ start)
     stamp "training on $NGPU GPU(s) for ${DIT_S}s"
     setsid $PY -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train.py dit --workdir "$W" \
         --init-from ../../models/tiny-sd3 --freeze-text --seed "$SEED" --time-budget-s "$DIT_S" --lr "$LR" \
-        --warmup 200 --decay-frac 0.4 --batch "$BATCH" --latent-bank "$BANK" --ship-dir "$W/ship" \
+        --warmup 200 --decay-frac "$DECAY" --batch "$BATCH" --latent-bank "$BANK" --ship-dir "$W/ship" \
         --ship-every-s 180 $EXTRA > "$W/train.out" 2>&1 < /dev/null &
     echo $! > "$W/pid"
     while [ $(( $(date +%s) - T0 )) -lt "$WAIT_S" ] && kill -0 "$(cat "$W/pid")" 2>/dev/null; do
         sleep 30
-        stamp "$(grep -E 'dit step|frozen|latent bank|Error' "$W/train.out" | tail -n 1)"
+        stamp "$(grep -E 'dit step|frozen|latent bank|compile|Error' "$W/train.out" | tail -n 1)"
     done
     collect
     ;;

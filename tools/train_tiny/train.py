@@ -289,7 +289,7 @@ def stage_vae(args):
         torch.nn.utils.clip_grad_norm_(train_params, 1.0)
         opt.step()
         step += 1
-        acc += float(loss.detach())
+        acc = acc + loss.detach()  # stays on the device: no synchronisation per step
         acc_n += 1
         if step % args.log_every == 0 or step == 1:
             dt = time.time() - t_last
@@ -477,9 +477,13 @@ def stage_dit(args):
     log("dit: %d trainable params (transformer %d), batch %d x %d ranks, lr %g, latent shift %.4f scale %.4f, "
         "device %s" % (n_tr, tm.count_params(models["transformer"]), args.batch, world, args.lr, shift, scale, dev), fh)
     sched = Schedule(args, step)
+    start_step = step
     t_last, n_last, acc, acc_n = time.time(), step, 0.0, 0
     last_ck, last_ship = time.time(), time.time()
     tr, te1, te2, te3 = (models[k] for k in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"))
+    # the forward the steps call: torch.compile fuses the MMDiT's many small elementwise kernels (hidden 192);
+    # the module itself (tr) stays the one whose parameters the optimizer, EMA and checkpoints see
+    fwd = torch.compile(tr) if args.compile else tr
 
     def checkpoint():
         if rank != 0:
@@ -513,16 +517,27 @@ def stage_dit(args):
             t = torch.sigmoid(torch.randn(args.batch, device=dev, generator=g))
             xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * eps
             target = eps - x0
-        with autocast(dev, args.bf16):
-            if text_ctx is not None:
-                ctx, pooled = text_ctx[row_of[cap]], text_pooled[row_of[cap]]
-            else:
-                ctx, pooled = tm.encode_text(te1, te2, te3, ids1[cap], ids2[cap], ids3[cap])
-            v = tr(hidden_states=xt, encoder_hidden_states=ctx, pooled_projections=pooled,
-                   timestep=t * 1000.0, return_dict=False)[0]
-        loss = F.mse_loss(v.float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        def forward_backward(f):
+            with autocast(dev, args.bf16):
+                if text_ctx is not None:
+                    ctx, pooled = text_ctx[row_of[cap]], text_pooled[row_of[cap]]
+                else:
+                    ctx, pooled = tm.encode_text(te1, te2, te3, ids1[cap], ids2[cap], ids3[cap])
+                v = f(hidden_states=xt, encoder_hidden_states=ctx, pooled_projections=pooled,
+                      timestep=t * 1000.0, return_dict=False)[0]
+            loss = F.mse_loss(v.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss
+
+        try:
+            loss = forward_backward(fwd)
+        except Exception as e:  # noqa: BLE001 -- a compiler failure at the first step falls back to eager
+            if fwd is tr or step > start_step:
+                raise
+            log("torch.compile failed (%s: %s); training eagerly" % (type(e).__name__, str(e)[:300]), fh)
+            fwd = tr
+            loss = forward_backward(fwd)
         if world > 1:
             allreduce_grads(params, world)
         gn = torch.nn.utils.clip_grad_norm_(params, args.clip)
@@ -531,12 +546,12 @@ def stage_dit(args):
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - d)
-        acc += float(loss.detach())
+        acc = acc + loss.detach()  # stays on the device: no synchronisation per step
         acc_n += 1
         if step % args.log_every == 0 or step in (1, 10, 50):
             dt = time.time() - t_last
             log("dit step %d loss %.4f gnorm %.3f lr %.2e  %.2f it/s %.0f img/s  t=%.0fs" % (
-                step, acc / acc_n, float(gn), lr, (step - n_last) / dt, (step - n_last) * args.batch * world / dt,
+                step, float(acc) / acc_n, float(gn), lr, (step - n_last) / dt, (step - n_last) * args.batch * world / dt,
                 time.time() - sched.t0), fh)
             t_last, n_last, acc, acc_n = time.time(), step, 0.0, 0
         if time.time() - last_ck > args.ckpt_every_s:
@@ -624,6 +639,7 @@ def main():
     ap.add_argument("--kl", type=float, default=1e-4, help="(vae) KL weight (per-element mean)")
     ap.add_argument("--freeze-text", action="store_true",
                     help="(dit) keep the text encoders fixed and train the MMDiT on cached caption embeddings")
+    ap.add_argument("--compile", action="store_true", help="(dit) torch.compile the MMDiT's forward and backward")
     ap.add_argument("--cap-drop", type=float, default=0.1, help="(dit) caption dropout probability")
     ap.add_argument("--ema", type=float, default=0.999, help="(dit) EMA decay")
     ap.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
