@@ -404,6 +404,10 @@ static void test_attention(void) {
     for (int v = 0; v < nv; v++) {  // every flash variant (the default last, so it stays selected)
         int var = v == nv - 1 ? v0 : (v >= v0 ? v + 1 : v);
         backend_cuda_set_attention_variant(bk, var);
+        if (backend_cuda_set_attention_variant(bk, -1) != var) {  // a variant this device or build cannot run
+            printf("  flash variant %d: not available here, skipped\n", var);
+            continue;
+        }
         printf("  flash variant %d%s\n", var, var == v0 ? " (default)" : "");
         one_attention(2, 3, 64, 2, j1, 1, 0, 0);   // joint, odd lengths (flash)
         one_attention(2, 3, 64, 2, j1, 0, 0, 0);   // joint, text output not needed (last block)
@@ -413,8 +417,8 @@ static void test_attention(void) {
         one_attention(1, 2, 64, 1, c1, 1, 1, 0);   // CLIP: causal
         one_attention(1, 4, 64, 1, c2, 1, 0, 1);   // T5: additive bias
         one_attention(2, 2, 64, 1, c4, 1, 1, 1);   // causal + bias
+        one_attention(2, 4, 64, 2, j3, 1, 0, 0);   // SD3-Medium 512² lengths (4 of the 24 heads)
     }
-    one_attention(2, 4, 64, 2, j3, 1, 0, 0);   // SD3-Medium 512² lengths (4 of the 24 heads)
     one_attention(2, 2, 80, 2, j4, 1, 0, 0);   // general path: head width 80, joint
     one_attention(1, 1, 512, 1, c3, 1, 0, 0);  // general path: the VAE's single 512-wide head
     one_attention(1, 3, 32, 1, c2, 1, 1, 1);   // general path: causal + bias

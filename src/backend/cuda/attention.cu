@@ -14,6 +14,8 @@
  * bias) is applied only to tiles that need it. The output tile is staged in the Q buffer and written with 16-byte
  * stores. Variants (warps, MT, BN) are instantiated below and chosen per backend (backend_cuda_set_attention_variant).
  *
+ * Hopper path (sm_90a builds on cc 9.0 devices): the same algorithm with the products on wgmma (see the kernel).
+ *
  * General path (any head width, e.g. the VAE's 512, or misaligned buffers): per (batch, query segment, chunk of QB
  * query rows): cuBLAS computes the scaled scores of all heads for the chunk against every key segment into f32
  * scratch [NH, QB, L], a row kernel applies bias/causal and the softmax (f32, one block per row) into bf16
@@ -306,21 +308,239 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_p
     }
 }
 
+// ---- Hopper flash kernel (wgmma) ---------------------------------------------------------------------------------------
+//
+// The same algorithm as flash_attn_kernel, with the products on the warpgroup MMA of sm_90a: each warpgroup (4 warps)
+// owns 64 query rows; S = Q·Kᵀ is wgmma.m64nBNk16 with Q and K read from shared memory through descriptors, and O += P·V
+// is wgmma.m64n64k16 with P from registers (the S accumulator layout converted to bf16 pairs is the A-fragment layout)
+// and V read N-major (transposed by the unit). The tiles keep the mma.sync kernel's shared-memory layout: rows of 64
+// bf16 = 128 bytes, 16-byte chunk c of row r stored at chunk c ^ (r % 8), which is exactly the 128-byte swizzle of the
+// wgmma descriptors when every tile starts on a 1024-byte boundary. Loads stay cp.async (3-stage ring); a proxy fence
+// makes them visible to the tensor cores. Compiled only for sm_90a; the host offers these variants on cc 9.0 alone.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SD3Q_WGMMA_DEVICE 1
+
+// Shared-memory matrix descriptor of a [rows][64] bf16 tile with the 128-byte swizzle: 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t wg_desc(const void * smem) {
+    const uint64_t a = (uint64_t)__cvta_generic_to_shared(smem);
+    return ((a & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Orders this thread's completed generic-proxy writes to shared memory (cp.async) before later async-proxy reads (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// d[64×64] (f32, the m64n64 accumulator fragment) {=, +=} A[64×16] · B[16×64]: A and B K-major in shared memory.
+__device__ __forceinline__ void wg_ss_n64(float * d, uint64_t da, uint64_t db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// d[64×128] (f32, the m64n128 accumulator fragment) {=, +=} A[64×16] · B[16×128]: A and B K-major in shared memory.
+__device__ __forceinline__ void wg_ss_n128(float * d, uint64_t da, uint64_t db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// d[64×64] += A[64×16] · B[16×64]: A in registers (the mma.sync A-fragment layout), B N-major in shared memory.
+__device__ __forceinline__ void wg_rs_n64(float * d, const uint32_t a[4], uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+// S (64 rows × BN keys of this warpgroup) = Q·Kᵀ over the head width (4 k16 steps, 32 bytes apart in a swizzled row).
+template <int BN> __device__ __forceinline__ void wg_scores(float * s, const bf16 * q, const bf16 * k) {
+    const uint64_t dq = wg_desc(q), dk = wg_desc(k);
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        if (BN == 64) wg_ss_n64(s, dq + 2 * ks, dk + 2 * ks, ks > 0);
+        else wg_ss_n128(s, dq + 2 * ks, dk + 2 * ks, ks > 0);
+    }
+}
+#endif
+
+// One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys.
+template <int WG, int BN, int MINB>
+__global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const fa_params p) {
+#if defined(SD3Q_WGMMA_DEVICE)
+    constexpr int BM = WG * 64, NTHR = WG * 128, NT = BN / 8;
+    extern __shared__ __align__(1024) bf16 smem_wg[];
+    bf16 * sQ = smem_wg, * sK = smem_wg + BM * FA_HD, * sV = sK + FA_STAGES * BN * FA_HD;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int h = blockIdx.y, b = blockIdx.z;
+    if (tid == 0 && (__cvta_generic_to_shared(smem_wg) & 1023)) __trap();  // the descriptors' swizzle needs 1024-byte tiles
+    int qs = 0;
+    while (qs + 1 < p.nseg && (int)blockIdx.x >= p.qt0[qs + 1]) qs++;
+    bf16 * out = p.out[qs];
+    if (!out) return;
+    const int nq = p.n[qs], q0 = ((int)blockIdx.x - p.qt0[qs]) * BM;
+    const int64_t ld = 3 * p.D;
+    const bf16 * qbase = p.qkv[qs] + (int64_t)b * nq * ld + h * FA_HD;
+    for (int i = tid; i < BM * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, row = q0 + r;
+        const bool ok = row < nq;
+        cp_async16(sQ + swz(r, ch), qbase + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
+    }
+    cp_async_commit();
+    const int T = p.kt0[p.nseg];
+#pragma unroll
+    for (int st = 0; st < FA_STAGES - 1; st++) {
+        if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
+        cp_async_commit();
+    }
+    const bf16 * qwg = sQ + wg * 64 * FA_HD;  // this warpgroup's 64 rows (8 KiB: stays 1024-byte aligned)
+    float o[8][4], mrow[2], lrow[2];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
+    const float esc = p.bias ? 1.0f : p.sl2;
+    const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
+
+    for (int t = 0; t < T; t++) {
+        cp_async_wait<FA_STAGES - 2>();  // tile t (and Q) landed for this thread's copies ...
+        fence_proxy_async();             // ... visible to the tensor cores ...
+        __syncthreads();                 // ... for everyone's copies; every warpgroup is done with tile t − 1
+        if (t + FA_STAGES - 1 < T) {
+            const int nb = (t + FA_STAGES - 1) % FA_STAGES;
+            load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + FA_STAGES - 1, b, h, tid);
+        }
+        cp_async_commit();
+        const bf16 * ksm = sK + (t % FA_STAGES) * BN * FA_HD, * vsm = sV + (t % FA_STAGES) * BN * FA_HD;
+
+        float s[NT][4];
+        wg_fence();
+        wg_scores<BN>(&s[0][0], qwg, ksm);
+        wg_commit();
+        wg_wait0();
+
+        int sg = 0;
+        while (sg + 1 < p.nseg && t >= p.kt0[sg + 1]) sg++;
+        const int j0 = (t - p.kt0[sg]) * BN, kvalid = p.n[sg] - j0, kglob = p.koff[sg] + j0;
+        if (kvalid < BN || p.causal || p.bias) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = nt * 8 + 2 * (lane & 3) + (e & 1), qrow = q0 + rbase + ((e >> 1) << 3);
+                    float v = s[nt][e];
+                    if (p.bias) v = v * p.sl2 + (qrow < nq ? __bfloat162float(p.bias[((int64_t)h * p.L + qrow) * p.L + kglob + col]) * LOG2E : 0.0f);
+                    if (col >= kvalid || (p.causal && kglob + col > qrow)) v = -INFINITY;
+                    s[nt][e] = v;
+                }
+        }
+
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
+            const float corr = exp2f(mrow[hh] - muse);
+            mrow[hh] = mnew;
+            float l = lrow[hh] * corr;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                o[nt][2 * hh] *= corr;
+                o[nt][2 * hh + 1] *= corr;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
+                s[nt][2 * hh] = p0;
+                s[nt][2 * hh + 1] = p1;
+                l += p0 + p1;
+            }
+            lrow[hh] = l;
+        }
+
+        // O += P·V: k16 step kk takes keys 16kk.. (two n8 tiles of S); V rows of those keys start 2048 bytes apart
+        uint32_t pa[NT / 2][4];
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; kk++) {
+            pa[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            pa[kk][1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            pa[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        }
+        const uint64_t dv = wg_desc(vsm);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
+        wg_commit();
+        wg_wait0();
+    }
+    cp_async_wait<0>();
+
+    // normalise; each warpgroup stages its own 64 rows of the bf16 tile in sQ; 16-byte stores
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float l = lrow[hh];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const int r = rbase + hh * 8;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+            *(uint32_t *)(sQ + swz(r, nt) + 2 * (lane & 3)) = pack_bf16(o[nt][2 * hh] * inv, o[nt][2 * hh + 1] * inv);
+    }
+    __syncthreads();
+    bf16 * obase = out + (int64_t)b * nq * p.D + h * FA_HD;
+    for (int i = tid; i < BM * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, row = q0 + r;
+        if (row < nq) *(uint4 *)(obase + (int64_t)row * p.D + ch * 8) = *(const uint4 *)(sQ + swz(r, ch));
+    }
+#else
+    (void)p;
+    __trap();  // not built for sm_90a: the host never launches it
+#endif
+}
+
 // The flash variants (warps, m16 tiles per warp, keys per tile, blocks per SM): backend_cuda_set_attention_variant.
 struct fa_variant {
     void (*kernel)(const fa_params);
     int warps, mt, bn, smem;
+    int sm90a;  // wgmma kernel: offered only where the build has sm_90a code and the device is cc 9.0
 };
 
-#define FA_V(W, M, N, B, Q) {flash_attn_kernel<W, M, N, B, Q>, W, M, N, fa_smem_bytes<W, M, N>()}
-// Measured on an H100 (docs/PERF.md): 0 is the fastest in the whole step; 2 is within ±4% of it alone at 1024² and
-// 9% slower at 512²; the others tried (8 warps × 16 rows, 64-query tiles, a software-pipelined 16-row kernel) were
-// 5–30% slower.
+#define FA_V(W, M, N, B, Q) {flash_attn_kernel<W, M, N, B, Q>, W, M, N, fa_smem_bytes<W, M, N>(), 0}
+#define FA_W(G, N, B)       {flash_attn_wgmma_kernel<G, N, B>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N>(), 1}
+// Measured on an H100 (docs/PERF.md): among the mma.sync kernels 0 is the fastest in the whole step (2 is within ±4%
+// of it alone at 1024² and 9% slower at 512²; 8 warps × 16 rows, 64-query tiles and a software-pipelined 16-row kernel
+// were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (329 TFLOP/s alone, against 262 for 0) and 4 at
+// 512² (266 against 238; 6 gives 249): 6 is the default where they can run (FA_DEFAULT_SM90).
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
     FA_V(4, 1, 128, 3, true),   // 1: 64 queries, 4 warps × 16 rows, 128-key tiles
     FA_V(4, 2, 128, 1, false),  // 2: 128 queries, 4 warps × 32 rows, 128-key tiles, Q re-read from shared memory
+    FA_W(1, 128, 2),            // 3: wgmma, 64 queries (1 warpgroup), 128-key tiles, 2 blocks per SM
+    FA_W(2, 64, 2),             // 4: wgmma, 128 queries (2 warpgroups), 64-key tiles, 2 blocks per SM
+    FA_W(2, 128, 1),            // 5: wgmma, 128 queries, 128-key tiles
+    FA_W(3, 128, 1),            // 6: wgmma, 192 queries (3 warpgroups), 128-key tiles
 };
+
+// Whether variant v can run on this backend's device (the wgmma ones need sm_90a code and a cc 9.0 device).
+int cuda_attention_variant_ok(const struct cuda_backend * c, int v) {
+    if (v < 0 || v >= FA_VARIANTS) return 0;
+#if defined(SD3Q_CUDA_SM90A)
+    return !fa_variants[v].sm90a || c->cc == 90;
+#else
+    (void)c;
+    return !fa_variants[v].sm90a;
+#endif
+}
 
 // ---- general path ---------------------------------------------------------------------------------------------------------
 

@@ -592,8 +592,6 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
     c->sync_debug = sd && *sd && *sd != '0';
     c->attn_general = getenv("SD3Q_CUDA_ATTN_GENERAL") != NULL;
     c->tune = getenv("SD3Q_CUDA_NO_TUNE") == NULL;
-    const char * fv = getenv("SD3Q_CUDA_FA");
-    c->fa_variant = fv && atoi(fv) >= 0 && atoi(fv) < FA_VARIANTS ? atoi(fv) : FA_DEFAULT;
     c->dev = pick_device();
     cudaDeviceProp prop;
     if (CU(c, cudaSetDevice(c->dev)) && CU(c, cudaGetDeviceProperties(&prop, c->dev))) {
@@ -603,6 +601,9 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
         if (c->cc < 80) cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "cuda backend: %s has compute capability %d.%d; 8.0 or newer is needed", c->name,
                                   prop.major, prop.minor);
     }
+    const char * fv = getenv("SD3Q_CUDA_FA");  // a variant this device cannot run falls back to the default
+    c->fa_variant = fv && cuda_attention_variant_ok(c, atoi(fv)) ? atoi(fv)
+                  : cuda_attention_variant_ok(c, FA_DEFAULT_SM90) ? FA_DEFAULT_SM90 : FA_DEFAULT;
     if (c->st == SD3Q_OK) {
         CU(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
         CUBLAS(c, cublasLtCreate(&c->lt));
@@ -650,7 +651,7 @@ extern "C" const void * backend_cuda_weight(struct backend * bk, const struct wt
 extern "C" int backend_cuda_set_attention_variant(struct backend * bk, int v) {
     if (!backend_cuda_is(bk)) return -1;
     int old = cuda_of(bk)->fa_variant;
-    if (v >= 0 && v < FA_VARIANTS) cuda_of(bk)->fa_variant = v;
+    if (cuda_attention_variant_ok(cuda_of(bk), v)) cuda_of(bk)->fa_variant = v;
     return old;
 }
 

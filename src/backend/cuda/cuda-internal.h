@@ -31,8 +31,9 @@ typedef __nv_bfloat16 bf16;
 #define STAGE_FLOATS    (4 << 20)   // host↔device staging (16 MiB each side)
 #define GN_PARTIALS     (1 << 18)   // group-norm partial statistics (double pairs)
 #define ARENAS_MAX      32          // live arena allocations tracked for the memory accounting
-#define FA_VARIANTS     3           // flash-attention kernel variants (attention.cu)
-#define FA_DEFAULT      0
+#define FA_VARIANTS     7           // flash-attention kernel variants (attention.cu; 3-6 need sm_90a)
+#define FA_DEFAULT      0           // mma.sync, 128 queries × 64 keys (any cc ≥ 8.0)
+#define FA_DEFAULT_SM90 6           // wgmma, 192 queries × 128 keys (cc 9.0 with sm_90a code; docs/PERF.md)
 
 // A device copy of one weight (bf16), keyed by the `struct wt` pointer and checked against its data pointer/shape.
 struct cuda_wentry {
@@ -131,6 +132,9 @@ void cuda_fail(struct cuda_backend * c, enum sd3q_status st, const char * fmt, .
 #define CUBLAS(c, call) cublas_ok((c), (call), #call, __FILE__, __LINE__)
 #define LAUNCHED(c, name) cuda_launched((c), (name), __FILE__, __LINE__)
 bool cuda_launched(struct cuda_backend * c, const char * kernel, const char * file, int line);
+
+// Whether flash-attention variant v can run on c's device (attention.cu).
+int cuda_attention_variant_ok(const struct cuda_backend * c, int v);
 
 // Device memory with accounting (cudaMalloc / cudaFree through CU()).
 void * cuda_alloc(struct cuda_backend * c, size_t bytes, const char * what);
