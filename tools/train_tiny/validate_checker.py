@@ -3,9 +3,12 @@
 Renders N scenes of every split (seed fixed) at 128x128 (and --res), scores each against
 its caption and prints the adherence rate, which must be 1.0.  With --blur S it also
 scores copies blurred by a Gaussian of sigma S px plus N(0, 6) noise, to show how much
-degradation the thresholds tolerate.
+degradation the thresholds tolerate.  With --vae DIR it also scores the images after a
+round trip through the VAE of the model folder DIR (encode to the posterior mean, decode):
+the adherence a perfect MMDiT could reach with that VAE (--split picks the scenes).
 
     python validate_checker.py --n 1000 --blur 0.7 1.0
+    python validate_checker.py --n 500 --split heldout --vae ../../models/tiny-sd3
 """
 import argparse
 import os
@@ -28,14 +31,30 @@ def blur(img, s):
     return sum(k[i] * y[:, i:i + W] for i in range(2 * r + 1))
 
 
+def vae_round_trip(folder, imgs):
+    """uint8 [N, H, W, 3] -> the same images encoded (posterior mean) and decoded by folder/vae."""
+    import torch
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), torch_dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(imgs), 50):
+            x = torch.from_numpy(imgs[i:i + 50]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+            out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--res", type=int, nargs="*", default=[128])
     ap.add_argument("--blur", type=float, nargs="*", default=[])
+    ap.add_argument("--split", default="all", choices=["all", "train", "heldout"])
+    ap.add_argument("--vae", default=None, help="model folder whose vae/ makes the round trip")
     a = ap.parse_args()
-    sc = shapes.sample_scenes(a.seed, a.n, "all")
+    sc = shapes.sample_scenes(a.seed, a.n, a.split)
     caps = shapes.scene_captions(sc)
     ok = True
     for res in a.res:
@@ -50,6 +69,10 @@ def main():
                  for im in imgs]
             s = adherence.summarise([adherence.check(im, c) for im, c in zip(b, caps)])
             print("  blurred (sigma %.1f px at 128) + noise: adherence %.3f %s" % (sig, s["adherence"], s["per_attribute"]))
+        if a.vae:
+            rt = vae_round_trip(a.vae, imgs)
+            s = adherence.summarise([adherence.check(im, c) for im, c in zip(rt, caps)])
+            print("  VAE round trip: adherence %.3f %s" % (s["adherence"], s["per_attribute"]))
     return 0 if ok else 1
 
 
