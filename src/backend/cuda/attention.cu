@@ -112,6 +112,131 @@ __device__ __forceinline__ void load_kv(const fa_params & p, bf16 * sk, bf16 * s
 #define FA_STAGES 3
 template <int WARPS, int MT, int BN> constexpr int fa_smem_bytes() { return (WARPS * MT * 16 + 2 * FA_STAGES * BN) * FA_HD * 2; }
 
+// ---- pieces shared by the flash kernels ---------------------------------------------------------------------------------
+
+// The query tile of this block (blockIdx.x counts the tiles of all query segments): its segment's output (NULL when
+// that segment's output is not wanted), Q rows of this (batch, head), row count and first row.
+struct fa_qtile {
+    bf16 *       out;
+    const bf16 * qbase;
+    int          nq, q0;
+};
+
+template <int BM> __device__ __forceinline__ fa_qtile fa_query_tile(const fa_params & p, int b, int h) {
+    int qs = 0;
+    while (qs + 1 < p.nseg && (int)blockIdx.x >= p.qt0[qs + 1]) qs++;
+    fa_qtile q;
+    q.out   = p.out[qs];
+    q.nq    = p.n[qs];
+    q.q0    = ((int)blockIdx.x - p.qt0[qs]) * BM;
+    q.qbase = p.qkv[qs] + (int64_t)b * q.nq * (3 * p.D) + h * FA_HD;
+    return q;
+}
+
+// Issues the loads of the Q tile (one commit group) and of the first FA_STAGES − 1 key tiles (one group each).
+template <int BM, int BN, int NTHR>
+__device__ __forceinline__ void fa_prologue(const fa_params & p, const fa_qtile & q, bf16 * sQ, bf16 * sK, bf16 * sV, int T, int b,
+                                            int h, int tid) {
+    const int64_t ld = 3 * p.D;
+    for (int i = tid; i < BM * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, row = q.q0 + r;
+        const bool ok = row < q.nq;
+        cp_async16(sQ + swz(r, ch), q.qbase + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
+    }
+    cp_async_commit();
+#pragma unroll
+    for (int st = 0; st < FA_STAGES - 1; st++) {
+        if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
+        cp_async_commit();
+    }
+}
+
+// Key tile t: valid keys in it (< BN at a segment's end) and the index of its first key among all L keys.
+struct fa_ktile {
+    int kvalid, kglob;
+};
+
+template <int BN> __device__ __forceinline__ fa_ktile fa_key_tile(const fa_params & p, int t) {
+    int sg = 0;
+    while (sg + 1 < p.nseg && t >= p.kt0[sg + 1]) sg++;
+    const int j0 = (t - p.kt0[sg]) * BN;
+    return {p.n[sg] - j0, p.koff[sg] + j0};
+}
+
+// Masks (segment tail, causal) and the bias on one m16 tile of scores (accumulator layout; this thread's rows are
+// qrow0 and qrow0 + 8 of the segment). The parameters come by value: read through a reference to the kernel's
+// parameter block, nvcc schedules the loads differently and the mma.sync kernel grows by 17 registers.
+template <int NT>
+__device__ __forceinline__ void fa_mask(float (&s)[NT][4], const bf16 * bias, int causal, float sl2, int L, int kvalid, int kglob,
+                                        int qrow0, int nq, int h, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int col = nt * 8 + 2 * (lane & 3) + (e & 1), qrow = qrow0 + ((e >> 1) << 3);
+            float v = s[nt][e];
+            if (bias) v = v * sl2 + (qrow < nq ? __bfloat162float(bias[((int64_t)h * L + qrow) * L + kglob + col]) * LOG2E : 0.0f);
+            if (col >= kvalid || (causal && kglob + col > qrow)) v = -INFINITY;
+            s[nt][e] = v;
+        }
+}
+
+// Online softmax of one m16 tile: running max per row (log2 units), rescale O and the partial sums, S becomes
+// P = 2^(s·esc − max).
+template <int NT>
+__device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], float esc) {
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
+        const float corr = exp2f(mrow[hh] - muse);
+        mrow[hh] = mnew;
+        float l = lrow[hh] * corr;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            o[nt][2 * hh] *= corr;
+            o[nt][2 * hh + 1] *= corr;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
+            s[nt][2 * hh] = p0;
+            s[nt][2 * hh + 1] = p1;
+            l += p0 + p1;
+        }
+        lrow[hh] = l;
+    }
+}
+
+// Normalises one m16 tile of O and stages it as bf16 in the (swizzled) Q buffer; r0 = this thread's first row there.
+__device__ __forceinline__ void fa_stage_out(bf16 * sQ, const float (&o)[8][4], const float (&lrow)[2], int r0, int lane) {
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float l = lrow[hh];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const int r = r0 + hh * 8;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+            *(uint32_t *)(sQ + swz(r, nt) + 2 * (lane & 3)) = pack_bf16(o[nt][2 * hh] * inv, o[nt][2 * hh + 1] * inv);
+    }
+}
+
+// Writes the staged BM-row output tile with 16-byte stores (rows past the segment's end are skipped).
+template <int BM, int NTHR>
+__device__ __forceinline__ void fa_store_out(const fa_params & p, const fa_qtile & q, const bf16 * sQ, int b, int h, int tid) {
+    bf16 * obase = q.out + (int64_t)b * q.nq * p.D + h * FA_HD;
+    for (int i = tid; i < BM * 8; i += NTHR) {
+        const int r = i >> 3, ch = i & 7, row = q.q0 + r;
+        if (row < q.nq) *(uint4 *)(obase + (int64_t)row * p.D + ch * 8) = *(const uint4 *)(sQ + swz(r, ch));
+    }
+}
+
 // ---- flash kernel ---------------------------------------------------------------------------------------------------------
 
 // One block: BM = WARPS·MT·16 query rows of one (query tile, head, batch); each warp owns MT·16 rows; key tiles of BN
@@ -124,25 +249,10 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_p
     bf16 * sQ = smem, * sK = smem + BM * FA_HD, * sV = sK + FA_STAGES * BN * FA_HD;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int h = blockIdx.y, b = blockIdx.z;
-    int qs = 0;
-    while (qs + 1 < p.nseg && (int)blockIdx.x >= p.qt0[qs + 1]) qs++;
-    bf16 * out = p.out[qs];
-    if (!out) return;
-    const int nq = p.n[qs], q0 = ((int)blockIdx.x - p.qt0[qs]) * BM;
-    const int64_t ld = 3 * p.D;
-    const bf16 * qbase = p.qkv[qs] + (int64_t)b * nq * ld + h * FA_HD;
-    for (int i = tid; i < BM * 8; i += NTHR) {
-        const int r = i >> 3, ch = i & 7, row = q0 + r;
-        const bool ok = row < nq;
-        cp_async16(sQ + swz(r, ch), qbase + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
-    }
-    cp_async_commit();
-    const int T = p.kt0[p.nseg];
-#pragma unroll
-    for (int st = 0; st < FA_STAGES - 1; st++) {
-        if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
-        cp_async_commit();
-    }
+    const fa_qtile q = fa_query_tile<BM>(p, b, h);
+    if (!q.out) return;
+    const int nq = q.nq, q0 = q.q0, T = p.kt0[p.nseg];
+    fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
     cp_async_wait<FA_STAGES - 1>();  // Q has landed
     __syncthreads();
 
@@ -212,53 +322,15 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_p
         }
 
         // masks (segment tail, causal) and the bias, only on the tiles that need them
-        int sg = 0;
-        while (sg + 1 < p.nseg && t >= p.kt0[sg + 1]) sg++;
-        const int j0 = (t - p.kt0[sg]) * BN, kvalid = p.n[sg] - j0, kglob = p.koff[sg] + j0;
-        if (kvalid < BN || p.causal || p.bias) {
+        const fa_ktile kt = fa_key_tile<BN>(p, t);
+        const int kvalid = kt.kvalid, kglob = kt.kglob;
+        if (kvalid < BN || p.causal || p.bias)
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int col = nt * 8 + 2 * (lane & 3) + (e & 1);
-                        const int qrow = q0 + warp * MT * 16 + mt * 16 + (lane >> 2) + ((e >> 1) << 3);
-                        float v = s[mt][nt][e];
-                        if (p.bias) v = v * p.sl2 + (qrow < nq ? __bfloat162float(p.bias[((int64_t)h * p.L + qrow) * p.L + kglob + col]) * LOG2E : 0.0f);
-                        if (col >= kvalid || (p.causal && kglob + col > qrow)) v = -INFINITY;
-                        s[mt][nt][e] = v;
-                    }
-        }
+                fa_mask<NT>(s[mt], p.bias, p.causal, p.sl2, p.L, kvalid, kglob, q0 + warp * MT * 16 + mt * 16 + (lane >> 2), nq, h, lane);
 
-        // online softmax: running max per row (log2 units), rescale O and the partial sums, P = 2^(s − max)
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int hh = 0; hh < 2; hh++) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mnew = fmaxf(mrow[mt][hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
-                const float corr = exp2f(mrow[mt][hh] - muse);
-                mrow[mt][hh] = mnew;
-                float l = lrow[mt][hh] * corr;
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    o[mt][nt][2 * hh] *= corr;
-                    o[mt][nt][2 * hh + 1] *= corr;
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const float p0 = exp2f(fmaf(s[mt][nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[mt][nt][2 * hh + 1], esc, -muse));
-                    s[mt][nt][2 * hh] = p0;
-                    s[mt][nt][2 * hh + 1] = p1;
-                    l += p0 + p1;
-                }
-                lrow[mt][hh] = l;
-            }
+        for (int mt = 0; mt < MT; mt++) fa_softmax<NT>(s[mt], o[mt], mrow[mt], lrow[mt], esc);
 
         // O += P·V
 #pragma unroll
@@ -288,24 +360,9 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_p
 
     // normalise, stage the bf16 tile in sQ (each warp reads and writes only its own rows of it), 16-byte stores
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            float l = lrow[mt][hh];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            const int r = warp * MT * 16 + mt * 16 + (lane >> 2) + hh * 8;
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-                *(uint32_t *)(sQ + swz(r, nt) + 2 * (lane & 3)) = pack_bf16(o[mt][nt][2 * hh] * inv, o[mt][nt][2 * hh + 1] * inv);
-        }
+    for (int mt = 0; mt < MT; mt++) fa_stage_out(sQ, o[mt], lrow[mt], warp * MT * 16 + mt * 16 + (lane >> 2), lane);
     __syncthreads();
-    bf16 * obase = out + (int64_t)b * nq * p.D + h * FA_HD;
-    for (int i = tid; i < BM * 8; i += NTHR) {
-        const int r = i >> 3, ch = i & 7, row = q0 + r;
-        if (row < nq) *(uint4 *)(obase + (int64_t)row * p.D + ch * 8) = *(const uint4 *)(sQ + swz(r, ch));
-    }
+    fa_store_out<BM, NTHR>(p, q, sQ, b, h, tid);
 }
 
 // ---- Hopper flash kernel (wgmma) ---------------------------------------------------------------------------------------
@@ -377,25 +434,10 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int h = blockIdx.y, b = blockIdx.z;
     if (tid == 0 && (__cvta_generic_to_shared(smem_wg) & 1023)) __trap();  // the descriptors' swizzle needs 1024-byte tiles
-    int qs = 0;
-    while (qs + 1 < p.nseg && (int)blockIdx.x >= p.qt0[qs + 1]) qs++;
-    bf16 * out = p.out[qs];
-    if (!out) return;
-    const int nq = p.n[qs], q0 = ((int)blockIdx.x - p.qt0[qs]) * BM;
-    const int64_t ld = 3 * p.D;
-    const bf16 * qbase = p.qkv[qs] + (int64_t)b * nq * ld + h * FA_HD;
-    for (int i = tid; i < BM * 8; i += NTHR) {
-        const int r = i >> 3, ch = i & 7, row = q0 + r;
-        const bool ok = row < nq;
-        cp_async16(sQ + swz(r, ch), qbase + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
-    }
-    cp_async_commit();
-    const int T = p.kt0[p.nseg];
-#pragma unroll
-    for (int st = 0; st < FA_STAGES - 1; st++) {
-        if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
-        cp_async_commit();
-    }
+    const fa_qtile q = fa_query_tile<BM>(p, b, h);
+    if (!q.out) return;
+    const int nq = q.nq, q0 = q.q0, T = p.kt0[p.nseg];
+    fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
     const bf16 * qwg = sQ + wg * 64 * FA_HD;  // this warpgroup's 64 rows (8 KiB: stays 1024-byte aligned)
     float o[8][4], mrow[2], lrow[2];
 #pragma unroll
@@ -424,47 +466,10 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         wg_commit();
         wg_wait0();
 
-        int sg = 0;
-        while (sg + 1 < p.nseg && t >= p.kt0[sg + 1]) sg++;
-        const int j0 = (t - p.kt0[sg]) * BN, kvalid = p.n[sg] - j0, kglob = p.koff[sg] + j0;
-        if (kvalid < BN || p.causal || p.bias) {
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = nt * 8 + 2 * (lane & 3) + (e & 1), qrow = q0 + rbase + ((e >> 1) << 3);
-                    float v = s[nt][e];
-                    if (p.bias) v = v * p.sl2 + (qrow < nq ? __bfloat162float(p.bias[((int64_t)h * p.L + qrow) * p.L + kglob + col]) * LOG2E : 0.0f);
-                    if (col >= kvalid || (p.causal && kglob + col > qrow)) v = -INFINITY;
-                    s[nt][e] = v;
-                }
-        }
-
-#pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
-            const float corr = exp2f(mrow[hh] - muse);
-            mrow[hh] = mnew;
-            float l = lrow[hh] * corr;
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                o[nt][2 * hh] *= corr;
-                o[nt][2 * hh + 1] *= corr;
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
-                s[nt][2 * hh] = p0;
-                s[nt][2 * hh + 1] = p1;
-                l += p0 + p1;
-            }
-            lrow[hh] = l;
-        }
+        const fa_ktile kt = fa_key_tile<BN>(p, t);
+        const int kvalid = kt.kvalid, kglob = kt.kglob;
+        if (kvalid < BN || p.causal || p.bias) fa_mask<NT>(s, p.bias, p.causal, p.sl2, p.L, kvalid, kglob, q0 + rbase, nq, h, lane);
+        fa_softmax<NT>(s, o, mrow, lrow, esc);
 
         // O += P·V: k16 step kk takes keys 16kk.. (two n8 tiles of S); V rows of those keys start 2048 bytes apart
         uint32_t pa[NT / 2][4];
@@ -485,23 +490,9 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     cp_async_wait<0>();
 
     // normalise; each warpgroup stages its own 64 rows of the bf16 tile in sQ; 16-byte stores
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        float l = lrow[hh];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        const int r = rbase + hh * 8;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-            *(uint32_t *)(sQ + swz(r, nt) + 2 * (lane & 3)) = pack_bf16(o[nt][2 * hh] * inv, o[nt][2 * hh + 1] * inv);
-    }
+    fa_stage_out(sQ, o, lrow, rbase, lane);
     __syncthreads();
-    bf16 * obase = out + (int64_t)b * nq * p.D + h * FA_HD;
-    for (int i = tid; i < BM * 8; i += NTHR) {
-        const int r = i >> 3, ch = i & 7, row = q0 + r;
-        if (row < nq) *(uint4 *)(obase + (int64_t)row * p.D + ch * 8) = *(const uint4 *)(sQ + swz(r, ch));
-    }
+    fa_store_out<BM, NTHR>(p, q, sQ, b, h, tid);
 #else
     (void)p;
     __trap();  // not built for sm_90a: the host never launches it
