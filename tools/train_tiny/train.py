@@ -294,7 +294,7 @@ def stage_vae(args):
         if step % args.log_every == 0 or step == 1:
             dt = time.time() - t_last
             log("vae step %d loss %.5f kl %.3f lr %.2e  %.1f it/s %.0f img/s  t=%.0fs" % (
-                step, acc / acc_n, float(kl.detach()), lr, (step - n_last) / dt, (step - n_last) * args.batch / dt,
+                step, float(acc) / acc_n, float(kl.detach()), lr, (step - n_last) / dt, (step - n_last) * args.batch / dt,
                 time.time() - sched.t0), fh)
             t_last, n_last, acc, acc_n = time.time(), step, 0.0, 0
         if time.time() - last_ck > args.ckpt_every_s:
