@@ -176,7 +176,7 @@ def sample_scenes(seed, n, split="train"):
     centres = np.zeros((n, MAX_COUNT, 2))
     active = np.arange(MAX_COUNT)[None, :] < count[:, None]          # [n, 3]
     todo = np.arange(n)
-    for _ in range(200000):  # rejection sampling; three large objects at a corner accept ~1 try in 10^3-10^4
+    for _ in range(200000):  # rejection sampling; three large objects at a corner are rarely accepted (2,000 tries fell short)
         if todo.size == 0:
             break
         m = todo.size
