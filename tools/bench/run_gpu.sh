@@ -6,7 +6,7 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] (no argument: the first four). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
+# [lowmem] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit to those parts). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
 # weights) with the low_memory policy and entirely resident, reporting device memory (bench-pipeline).
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
@@ -52,7 +52,13 @@ for st in $steps; do
                 cat "$OUT"/ops-*.log > "$OUT/ops-isolated.txt" 2>/dev/null; rm -f "$OUT"/ops-*.log
                 cat "$OUT"/memcheck-*.log > "$OUT/memcheck.txt" 2>/dev/null; rm -f "$OUT"/memcheck-*.log
             fi ;;
-        mmdit) run mmdit 240 "$G/bin/test-cuda-mmdit-gpu" ;;
+        mmdit)  # MMDIT_ONLY="sampling pipeline": only those parts (their fixtures alone need to travel)
+            if [ -n "${MMDIT_ONLY:-}" ]; then
+                for p in $MMDIT_ONLY; do run "mmdit-$p" 240 "$G/bin/test-cuda-mmdit-gpu" --only "$p"; done
+                cat "$OUT"/mmdit-*.log > "$OUT/mmdit.log"
+            else
+                run mmdit 240 "$G/bin/test-cuda-mmdit-gpu"
+            fi ;;
         bench) run bench 300 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors ;;
         notune) SD3Q_CUDA_NO_TUNE=1 run bench-notune 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
