@@ -96,6 +96,20 @@ def make_caption(count, size, colour, shape, pos, bg):
         head, sz, COLOURS[colour][0], sh, POSITIONS[pos][0], _article(bgw), bgw)
 
 
+def partial_caption(i, drop):
+    """Caption i with one attribute left unsaid, for attribute dropout in training: drop="colour" omits the object colour
+    ("two small stars in ..."), drop="shape" names no shape ("two small red objects in ...")."""
+    a = parse_index(i)
+    sz = SIZES[a["size"]][0]
+    head = _article(sz) if a["count"] == 1 else COUNT_WORDS[a["count"]]
+    sh = SHAPES[a["shape"]] if a["count"] == 1 else SHAPE_PLURAL[SHAPES[a["shape"]]]
+    if drop == "shape":
+        sh = "object" if a["count"] == 1 else "objects"
+    words = [head, sz] + ([] if drop == "colour" else [COLOURS[a["colour"]][0]]) + [sh]
+    bgw = BG_COLOURS[a["bg"]][0]
+    return "%s in the %s on %s %s background" % (" ".join(words), POSITIONS[a["pos"]][0], _article(bgw), bgw)
+
+
 def caption_index(count, size, colour, shape, pos, bg):
     """Mixed-radix index of a caption (numpy arrays or ints); 0 <= index < N_CAPTIONS."""
     return (((((count - 1) * N_SIZES + size) * N_COLOURS + colour) * N_SHAPES + shape)

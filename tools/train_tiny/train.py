@@ -444,6 +444,21 @@ def stage_dit(args):
     # caption token table: index -> ids (last row = empty caption)
     t0 = time.time()
     caps = shapes.all_captions()
+    drop_of = None
+    if args.attr_drop > 0:
+        # attribute dropout: each caption also without its colour word and without its shape word (distinct texts
+        # appended once); drop_of[k][i] is the row of caption i's variant k (the empty caption maps to itself)
+        rows = {c: i for i, c in enumerate(caps)}
+        drop_of = []
+        for what in ("colour", "shape"):
+            m = []
+            for i in range(shapes.N_CAPTIONS):
+                c = shapes.partial_caption(i, what)
+                if c not in rows:
+                    rows[c] = len(caps)
+                    caps.append(c)
+                m.append(rows[c])
+            drop_of.append(torch.tensor(m + [shapes.EMPTY_CAPTION_INDEX], device=dev))
     ids1, ids2, ids3 = [t.to(dev) for t in tm.tokenize_all(*toks, caps)]
     log("tokenised %d captions in %.1fs" % (len(caps), time.time() - t0), fh)
     nb = args.latent_bank or args.bank
@@ -454,7 +469,9 @@ def stage_dit(args):
     if args.freeze_text:
         # embeddings of the captions the bank uses (and ""); row_of maps a caption index to its row
         t0 = time.time()
-        used = torch.unique(torch.cat([bank["caption"], torch.tensor([shapes.EMPTY_CAPTION_INDEX], device=dev)]))
+        used = [bank["caption"], torch.tensor([shapes.EMPTY_CAPTION_INDEX], device=dev)]
+        used += [d[bank["caption"]] for d in drop_of or []]
+        used = torch.unique(torch.cat(used))
         row_of = torch.full((len(caps),), -1, dtype=torch.long, device=dev)
         row_of[used] = torch.arange(len(used), device=dev)
         text_ctx, text_pooled = text_table(models, ids1[used], ids2[used], ids3[used], dev, args.bf16)
@@ -511,6 +528,10 @@ def stage_dit(args):
                     z = vae.encode(x).latent_dist.sample(generator=g)
             x0 = (z.float() - shift) * scale
             cap = bank["caption"][idx]
+            if drop_of is not None:  # colour word left out with probability attr_drop, else the shape word likewise
+                u = torch.rand(args.batch, device=dev, generator=g)
+                cap = torch.where(u < args.attr_drop, drop_of[0][cap],
+                                  torch.where(u < 2 * args.attr_drop, drop_of[1][cap], cap))
             drop = torch.rand(args.batch, device=dev, generator=g) < args.cap_drop
             cap = torch.where(drop, torch.full_like(cap, shapes.EMPTY_CAPTION_INDEX), cap)
             eps = torch.randn(x0.shape, device=dev, generator=g)
@@ -641,6 +662,9 @@ def main():
                     help="(dit) keep the text encoders fixed and train the MMDiT on cached caption embeddings")
     ap.add_argument("--compile", action="store_true", help="(dit) torch.compile the MMDiT's forward and backward")
     ap.add_argument("--cap-drop", type=float, default=0.1, help="(dit) caption dropout probability")
+    ap.add_argument("--attr-drop", type=float, default=0.0,
+                    help="(dit) probability of leaving the colour word out of a caption, and again of leaving the shape "
+                         "word out (\"two small red objects ...\"); 0: full captions only")
     ap.add_argument("--ema", type=float, default=0.999, help="(dit) EMA decay")
     ap.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
@@ -657,6 +681,9 @@ def main():
     for k, v in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    if not 0.0 <= a.attr_drop <= 0.5:
+        ap.error("--attr-drop must be in [0, 0.5] (each of the two words is left out with this probability), got %g"
+                 % a.attr_drop)
     if a.stage == "vae":
         stage_vae(a)
     elif a.stage == "dit":
