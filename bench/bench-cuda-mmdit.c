@@ -256,6 +256,12 @@ int main(int argc, char ** argv) {
            (double)sd3q_session_arena_bytes(s) / 1048576.0);
     bench_cuda_mem("after init", s->bk);
     printf("RESULT device=\"%s\"\n", dev);
+    int fa = backend_cuda_set_attention_variant(s->bk, -1);
+    int fs = backend_cuda_attention_variant_for(s->bk, BACKEND_CUDA_FA_AUTO_SPLIT - 1);
+    int fl = backend_cuda_attention_variant_for(s->bk, BACKEND_CUDA_FA_AUTO_SPLIT);
+    if (fa != BACKEND_CUDA_FA_AUTO) printf("flash attention: variant %d (forced by $SD3Q_CUDA_FA)\n", fa);
+    else if (fs != fl) printf("flash attention: auto (%d below %d tokens, else %d)\n", fs, BACKEND_CUDA_FA_AUTO_SPLIT, fl);
+    else printf("flash attention: auto (variant %d)\n", fs);
 
     for (int r = 0; r < nres; r++) {
         int lat = res[r] / 8;
@@ -265,7 +271,8 @@ int main(int argc, char ** argv) {
         double tf = (f.linear + f.attn) / (ms * 1e-3) / 1e12;
         int64_t N = (int64_t)(lat / 2) * (lat / 2);
         double af = 4.0 * 2 * 1536 * (double)(N + ctx) * (double)(N + ctx);
-        int v0 = backend_cuda_set_attention_variant(s->bk, -1), vbest = v0;
+        int v0 = backend_cuda_set_attention_variant(s->bk, -1);  // BACKEND_CUDA_FA_AUTO unless $SD3Q_CUDA_FA forces one
+        int vdef = backend_cuda_attention_variant_for(s->bk, N + ctx), vbest = vdef;  // what the step above ran
         double ams = 1e30;
         for (int v = 0; v < backend_cuda_attention_variants(); v++) {  // every flash variant alone
             backend_cuda_set_attention_variant(s->bk, v);
@@ -275,16 +282,16 @@ int main(int argc, char ** argv) {
             printf("RESULT res=%d attn_variant=%d attn_ms=%.4f attn_tflops=%.1f\n", res[r], v, t, af / (t * 1e-3) / 1e12);
             if (t < ams) ams = t, vbest = v;
         }
-        if (vbest != v0) {  // the whole step with the fastest variant too
+        if (vbest != vdef) {  // the whole step with the fastest variant too
             backend_cuda_set_attention_variant(s->bk, vbest);
             double b2, ms2 = time_forward(s, m, lat, ctx, 1, reps, &b2);
             printf("   step with attention variant %d: median %.2f ms (best %.2f)\n", vbest, ms2, b2);
             printf("RESULT res=%d variant=%d step_ms=%.3f best_ms=%.3f tflops=%.1f\n", res[r], vbest, ms2, b2,
                    (f.linear + f.attn) / (ms2 * 1e-3) / 1e12);
         }
-        backend_cuda_set_attention_variant(s->bk, v0);
-        printf("\n== %d² CFG step (batch 2, %lld image + %d text tokens): median %.2f ms (best %.2f, %d reps)\n", res[r], (long long)N, ctx,
-               ms, best, reps);
+        backend_cuda_set_attention_variant(s->bk, v0);  // back to the default (automatic again if it was)
+        printf("\n== %d² CFG step (batch 2, %lld image + %d text tokens, attention variant %d%s): median %.2f ms (best %.2f, %d reps)\n",
+               res[r], (long long)N, ctx, vdef, v0 == BACKEND_CUDA_FA_AUTO ? " auto" : "", ms, best, reps);
         printf("   FLOPs per step %.3f T (linear %.3f T, attention %.3f T) → %.1f TFLOP/s\n", (f.linear + f.attn) / 1e12, f.linear / 1e12,
                f.attn / 1e12, tf);
         printf("   one block's joint attention alone: %.3f ms, %.1f TFLOP/s\n", ams, af / (ams * 1e-3) / 1e12);

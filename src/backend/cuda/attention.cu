@@ -510,8 +510,11 @@ struct fa_variant {
 #define FA_W(G, N, B)       {flash_attn_wgmma_kernel<G, N, B>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N>(), 1}
 // Measured on an H100 (docs/PERF.md): among the mma.sync kernels 0 is the fastest in the whole step (2 is within ±4%
 // of it alone at 1024² and 9% slower at 512²; 8 warps × 16 rows, 64-query tiles and a software-pipelined 16-row kernel
-// were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (329 TFLOP/s alone, against 262 for 0) and 4 at
-// 512² (266 against 238; 6 gives 249): 6 is the default where they can run (FA_DEFAULT_SM90).
+// were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (alone 0.715 ms against 0.755 for 4 and 0.859 for
+// 0) and 4 at 512² (0.086 ms against 0.090 for 6; the whole CFG step 10.41 ms against 10.70 with 6, in the same run).
+// So by default (BACKEND_CUDA_FA_AUTO) cuda_attention_pick takes 4 below FA_SPLIT_L = 2048 joint tokens (512²: 1357)
+// and 6 from there on (1024²: 4429); lengths between the two were not timed. $SD3Q_CUDA_FA or
+// backend_cuda_set_attention_variant force one variant for every length.
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
     FA_V(4, 1, 128, 3, true),   // 1: 64 queries, 4 warps × 16 rows, 128-key tiles
@@ -531,6 +534,14 @@ int cuda_attention_variant_ok(const struct cuda_backend * c, int v) {
     (void)c;
     return !fa_variants[v].sm90a;
 #endif
+}
+
+// The variant for a joint length of L tokens: the forced one, else by length where the wgmma kernels run (short
+// sequences likely gain from 4's smaller blocks filling the SMs more evenly; not profiled), else the mma.sync default.
+int cuda_attention_pick(const struct cuda_backend * c, int64_t L) {
+    if (c->fa_variant != BACKEND_CUDA_FA_AUTO) return c->fa_variant;
+    if (!cuda_attention_variant_ok(c, FA_DEFAULT_SM90)) return FA_DEFAULT;
+    return L < FA_SPLIT_L ? FA_SHORT_SM90 : FA_DEFAULT_SM90;
 }
 
 // ---- general path ---------------------------------------------------------------------------------------------------------
@@ -647,6 +658,9 @@ void attention_cuda(struct cuda_backend * c, const struct attn_seg * seg, int ns
         attention_general(c, seg, nseg, B, NH, HD, scale, causal, bias);
         return;
     }
+    int var = cuda_attention_pick(c, L);  // one variant for the tile counts, the shared-memory attribute and the launch
+    const fa_variant & v = fa_variants[var];
+    int bm = v.warps * v.mt * 16;
     fa_params p;
     memset(&p, 0, sizeof p);
     p.nseg = nseg;
@@ -657,19 +671,17 @@ void attention_cuda(struct cuda_backend * c, const struct attn_seg * seg, int ns
         p.n[s]      = (int)seg[s].n;
         p.koff[s]   = koff;
         koff += (int)seg[s].n;
-        int bm = fa_variants[c->fa_variant].warps * fa_variants[c->fa_variant].mt * 16, bn = fa_variants[c->fa_variant].bn;
         p.qt0[s + 1] = p.qt0[s] + (int)((seg[s].n + bm - 1) / bm);
-        p.kt0[s + 1] = p.kt0[s] + (int)((seg[s].n + bn - 1) / bn);
+        p.kt0[s + 1] = p.kt0[s] + (int)((seg[s].n + v.bn - 1) / v.bn);
     }
     p.L      = (int)L;
     p.D      = NH * HD;
     p.sl2    = scale * LOG2E;
     p.causal = causal;
     p.bias   = bias;
-    const fa_variant & v = fa_variants[c->fa_variant];
-    if (!(c->fa_attr_set & (1u << c->fa_variant))) {
+    if (!(c->fa_attr_set & (1u << var))) {
         if (!CU(c, cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem))) return;
-        c->fa_attr_set |= 1u << c->fa_variant;
+        c->fa_attr_set |= 1u << var;
     }
     dim3 grid((unsigned)p.qt0[nseg], (unsigned)NH, (unsigned)B);
     v.kernel<<<grid, v.warps * 32, v.smem, c->stream>>>(p);

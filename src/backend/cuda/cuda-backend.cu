@@ -601,9 +601,8 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
         if (c->cc < 80) cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "cuda backend: %s has compute capability %d.%d; 8.0 or newer is needed", c->name,
                                   prop.major, prop.minor);
     }
-    const char * fv = getenv("SD3Q_CUDA_FA");  // a variant this device cannot run falls back to the default
-    c->fa_variant = fv && cuda_attention_variant_ok(c, atoi(fv)) ? atoi(fv)
-                  : cuda_attention_variant_ok(c, FA_DEFAULT_SM90) ? FA_DEFAULT_SM90 : FA_DEFAULT;
+    const char * fv = getenv("SD3Q_CUDA_FA");  // a variant this device cannot run falls back to the automatic choice
+    c->fa_variant = fv && cuda_attention_variant_ok(c, atoi(fv)) ? atoi(fv) : BACKEND_CUDA_FA_AUTO;
     if (c->st == SD3Q_OK) {
         CU(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
         CUBLAS(c, cublasLtCreate(&c->lt));
@@ -651,8 +650,13 @@ extern "C" const void * backend_cuda_weight(struct backend * bk, const struct wt
 extern "C" int backend_cuda_set_attention_variant(struct backend * bk, int v) {
     if (!backend_cuda_is(bk)) return -1;
     int old = cuda_of(bk)->fa_variant;
-    if (cuda_attention_variant_ok(cuda_of(bk), v)) cuda_of(bk)->fa_variant = v;
+    if (v == BACKEND_CUDA_FA_AUTO || cuda_attention_variant_ok(cuda_of(bk), v)) cuda_of(bk)->fa_variant = v;
     return old;
+}
+
+// See cuda-backend.h.
+extern "C" int backend_cuda_attention_variant_for(struct backend * bk, int64_t L) {
+    return backend_cuda_is(bk) ? cuda_attention_pick(cuda_of(bk), L) : -1;
 }
 
 // See cuda-backend.h.

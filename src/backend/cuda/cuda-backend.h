@@ -12,6 +12,7 @@
 #define SD3Q_BACKEND_CUDA_CUDA_BACKEND_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "backend/backend.h"
 
@@ -32,10 +33,20 @@ int backend_cuda_is(const struct backend * bk);
 // The bf16 device copy of weight w (copied now if absent; NULL on failure): for tests that check the uploads.
 const void * backend_cuda_weight(struct backend * bk, const struct wt * w);
 
+// The default flash-attention setting (unless $SD3Q_CUDA_FA names a variant): each call picks by its joint length L,
+// on cc 9.0 with sm_90a code the 128-query wgmma kernel below BACKEND_CUDA_FA_AUTO_SPLIT tokens and the 192-query one
+// from there on, elsewhere the mma.sync kernel (attention.cu says what was measured).
+#define BACKEND_CUDA_FA_AUTO       (-2)
+#define BACKEND_CUDA_FA_AUTO_SPLIT 2048
+
 // Selects the flash-attention kernel variant v (0 .. backend_cuda_attention_variants() − 1, see attention.cu; for
-// tuning and tests); returns the previous one, or -1 when bk is not a CUDA backend. An out-of-range v only queries.
+// tuning and tests) or BACKEND_CUDA_FA_AUTO; returns the previous setting (a variant or BACKEND_CUDA_FA_AUTO), or -1
+// when bk is not a CUDA backend. Any other v (-1, a variant this device or build cannot run) changes nothing, so
+// v0 = set(bk, -1) queries and set(bk, v0) restores.
 int backend_cuda_set_attention_variant(struct backend * bk, int v);
 int backend_cuda_attention_variants(void);
+// The variant the flash kernel runs under the current setting for a joint length of L tokens (-1: bk is not CUDA).
+int backend_cuda_attention_variant_for(struct backend * bk, int64_t L);
 
 // Writes the device name (e.g. "NVIDIA H100 80GB HBM3") into buf; returns 0, or -1 when bk is not a CUDA backend.
 int backend_cuda_device_name(const struct backend * bk, char * buf, size_t size);

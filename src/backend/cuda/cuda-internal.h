@@ -33,7 +33,9 @@ typedef __nv_bfloat16 bf16;
 #define ARENAS_MAX      32          // live arena allocations tracked for the memory accounting
 #define FA_VARIANTS     7           // flash-attention kernel variants (attention.cu; 3-6 need sm_90a)
 #define FA_DEFAULT      0           // mma.sync, 128 queries × 64 keys (any cc ≥ 8.0)
-#define FA_DEFAULT_SM90 6           // wgmma, 192 queries × 128 keys (cc 9.0 with sm_90a code; docs/PERF.md)
+#define FA_DEFAULT_SM90 6           // wgmma, 192 queries × 128 keys: the automatic choice on cc 9.0 from FA_SPLIT_L tokens on
+#define FA_SHORT_SM90   4           // wgmma, 128 queries × 64 keys: the automatic choice on cc 9.0 below FA_SPLIT_L tokens
+#define FA_SPLIT_L      BACKEND_CUDA_FA_AUTO_SPLIT  // joint length of the switch (attention.cu, docs/PERF.md)
 
 // A device copy of one weight (bf16), keyed by the `struct wt` pointer and checked against its data pointer/shape.
 struct cuda_wentry {
@@ -106,7 +108,7 @@ struct cuda_backend {
     int sync_debug;  // 1: $SD3Q_CUDA_SYNC set (synchronize after every launch)
     int tune;          // 0: $SD3Q_CUDA_NO_TUNE set (take the heuristic's first algorithm untimed)
     int attn_general;  // 1: $SD3Q_CUDA_ATTN_GENERAL set (every attention on the cuBLAS path, for testing)
-    int      fa_variant;   // flash kernel variant (attention.cu), $SD3Q_CUDA_FA or the default
+    int      fa_variant;   // flash kernel variant (attention.cu) from $SD3Q_CUDA_FA or a set call, else BACKEND_CUDA_FA_AUTO
     unsigned fa_attr_set;  // bit v: variant v's dynamic shared-memory limit has been raised
     // errors and accounting
     enum sd3q_status   st;
@@ -135,6 +137,8 @@ bool cuda_launched(struct cuda_backend * c, const char * kernel, const char * fi
 
 // Whether flash-attention variant v can run on c's device (attention.cu).
 int cuda_attention_variant_ok(const struct cuda_backend * c, int v);
+// The variant the flash kernel runs for a joint length of L tokens: the chosen one, or the automatic pick (attention.cu).
+int cuda_attention_pick(const struct cuda_backend * c, int64_t L);
 
 // Device memory with accounting (cudaMalloc / cudaFree through CU()).
 void * cuda_alloc(struct cuda_backend * c, size_t bytes, const char * what);
