@@ -272,13 +272,14 @@ struct sd3q_gen_params {
     int32_t       steps;            // 28
     int32_t       t5_len;           // T5 tokens (256 as diffusers)
     float         cfg;              // 7.0; 1 disables the unconditional pass
-    float         shift;            // 3.0
+    float         shift;            // flow-matching time shift; 0 (the default): the model's (sd3q_model_shift)
     uint64_t      seed;             // noise = torch.randn([1, C, h, w], Generator("cpu").manual_seed(seed))
     const float * init_noise;       // or this starting latent [1, C, h, w] (diffusers' latents=), NULL: from the seed
     int32_t       release_text;     // 1: drop the text encoders' pages once the prompts are encoded
 };
 
-// Returns the defaults (prompt NULL, negative "", size 0 = the model's, 28 steps, T5 256, CFG 7, shift 3, seed 0).
+// Returns the defaults (prompt NULL, negative "", size 0 = the model's, 28 steps, T5 256, CFG 7, shift 0 = the model's,
+// seed 0).
 SD3Q_API struct sd3q_gen_params sd3q_gen_default_params(void);
 
 // Seconds spent in each stage of the last sd3q_session_generate call.
@@ -295,6 +296,16 @@ SD3Q_API enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const s
                                                 float * latents, struct sd3q_gen_timing * timing);
 
 // ---- sampler --------------------------------------------------------------------------------------------------
+
+#define SD3Q_DEFAULT_SHIFT 3.0   // SD3's flow-matching time shift (every released SD3 / SD3.5 scheduler config)
+#define SD3Q_MIN_SHIFT     0.01  // the range a scheduler config or a caller may give
+#define SD3Q_MAX_SHIFT     100.0
+
+// The model's time shift: `shift` of scheduler/scheduler_config.json for a diffusers folder that has one (checked when
+// the model loads: a number in [SD3Q_MIN_SHIFT, SD3Q_MAX_SHIFT], 1.0 when the config has none as in diffusers,
+// FlowMatchEulerDiscreteScheduler, no dynamic shifting), else SD3Q_DEFAULT_SHIFT (single files carry no scheduler
+// config). SD3Q_DEFAULT_SHIFT for NULL.
+SD3Q_API float sd3q_model_shift(const struct sd3q_model * model);
 
 // The flow-matching sigma schedule of diffusers' FlowMatchEulerDiscreteScheduler: sigmas[0..steps] (steps+1 values,
 // the last 0) for `steps` ≥ 1 and shift > 0. Timesteps are 1000·sigmas[i].

@@ -2,7 +2,7 @@
 # `sd3q generate`'s command-line contract on the tiny random pipeline checkpoint (tests/golden/pipeline): PNG with the
 # parameters chunk, --count with %d, --init-noise/--save-latents round trip (the same noise gives the same image),
 # and clear failures that leave no file behind: odd sizes, a model without a VAE, an unwritable output, a wrong-shaped
-# --init-noise, --count without %d, format sequences other than %d.
+# --init-noise, --count without %d, format sequences other than %d; the scheduler config's shift as the default.
 # Usage: cli-generate.sh path/to/sd3q
 set -euo pipefail
 SD3Q=$1
@@ -49,6 +49,20 @@ expect_fail "unreadable --init-noise" 1 "noise.safetensors" "$SD3Q" generate "${
 expect_fail "wrong-shaped --init-noise" 1 "latents" "$SD3Q" generate "${G[@]}" --width 64 --height 64 --init-noise "$TMP/lat-0.safetensors" \
     --output "$TMP/n.png"
 [ ! -e "$TMP/n.png" ] && ok "no PNG after the --init-noise errors" || bad "n.png left behind"
+# the scheduler config's shift is the default: a copy of the folder whose config says 2.0 samples as --shift 2
+mkdir -p "$TMP/shift2/scheduler"
+for d in "$MODEL"/*; do [ "$(basename "$d")" = scheduler ] || ln -s "$PWD/$d" "$TMP/shift2/"; done
+sed 's/"shift": 3.0/"shift": 2.0/' "$MODEL/scheduler/scheduler_config.json" > "$TMP/shift2/scheduler/scheduler_config.json"
+grep -q '"shift": 2.0' "$TMP/shift2/scheduler/scheduler_config.json" || bad "could not edit the scheduler config"
+"$SD3Q" generate "${G[@]}" --model "$TMP/shift2" --seed 3 --output "$TMP/s2.png" --save-latents "$TMP/s2.safetensors" 2>/dev/null >/dev/null
+"$SD3Q" generate "${G[@]}" --seed 3 --shift 2 --output "$TMP/e2.png" --save-latents "$TMP/e2.safetensors" 2>/dev/null >/dev/null
+"$SD3Q" generate "${G[@]}" --seed 3 --output "$TMP/d3.png" --save-latents "$TMP/d3.safetensors" 2>/dev/null >/dev/null
+cmp -s "$TMP/s2.safetensors" "$TMP/e2.safetensors" && ok "scheduler config shift 2.0 = --shift 2" || bad "scheduler shift not used"
+cmp -s "$TMP/s2.safetensors" "$TMP/d3.safetensors" && bad "shift 2 gave shift 3's latent" || ok "shift 2 differs from shift 3"
+grep -a -q "Shift: 2," "$TMP/s2.png" && ok "PNG records the scheduler's shift" || bad "PNG shift"
+sed 's/"shift": 3.0/"shift": -1/' "$MODEL/scheduler/scheduler_config.json" > "$TMP/shift2/scheduler/scheduler_config.json"
+expect_fail "scheduler shift -1" 1 "scheduler_config.json: field \"shift\" is -1" "$SD3Q" generate "${G[@]}" --model "$TMP/shift2" --output "$TMP/neg.png"
+
 expect_fail "unknown option" 2 "unknown option" "$SD3Q" generate "${G[@]}" --sampler dpm
 "$SD3Q" generate --help | grep -q -- "--init-noise" && ok "--help" || bad "--help"
 

@@ -596,6 +596,58 @@ static void test_bad_config(void) {
     }
 }
 
+// scheduler/scheduler_config.json: its shift becomes the model's default; what sd3q cannot sample as diffusers would is
+// rejected, naming the file and the field.
+static void test_scheduler(void) {
+    printf("== scheduler config\n");
+    char * cfg = edited_config(F32_DIR, "num_layers", "2");
+    const char * root = make_folder("sched", F32_FILE, cfg);
+    free(cfg);
+    char dir[1300], path[1400], err[1024];
+    snprintf(dir, sizeof dir, "%s/scheduler", root);
+    snprintf(path, sizeof path, "%s/scheduler_config.json", dir);
+    struct sd3q_model * m;
+    if (load(root, NULL, 0, &m, err) == SD3Q_OK) {  // no scheduler folder: SD3's shift
+        CHECKF(sd3q_model_shift(m) == (float)SD3Q_DEFAULT_SHIFT, "no scheduler config: shift %g", sd3q_model_shift(m));
+        sd3q_model_free(m);
+    } else {
+        CHECKF(0, "folder without a scheduler: %s", err);
+    }
+    mkdirs(dir);
+    write_text(path, "{\"_class_name\": \"FlowMatchEulerDiscreteScheduler\", \"shift\": 2.5, \"use_dynamic_shifting\": false}");
+    if (load(root, NULL, 0, &m, err) == SD3Q_OK) {
+        char d[8192];
+        sd3q_model_describe(m, 0, d, sizeof d);
+        CHECKF(sd3q_model_shift(m) == 2.5f && strstr(d, "scheduler shift 2.5"), "shift %g, describe: %s", sd3q_model_shift(m), d);
+        sd3q_model_free(m);
+    } else {
+        CHECKF(0, "scheduler shift 2.5: %s", err);
+    }
+    write_text(path, "{\"num_train_timesteps\": 1000}");  // no shift field: FlowMatchEulerDiscreteScheduler's default
+    if (load(root, NULL, 0, &m, err) == SD3Q_OK) {
+        CHECKF(sd3q_model_shift(m) == 1.0f, "config without shift: %g (diffusers: 1.0)", sd3q_model_shift(m));
+        sd3q_model_free(m);
+    } else {
+        CHECKF(0, "config without shift: %s", err);
+    }
+    struct { const char * json, * msg; enum sd3q_status st; } bad[] = {
+        {"{\"shift\": \"3\"}", "field \"shift\" must be a finite number", SD3Q_ERR_FORMAT},
+        {"{\"shift\": -1}", "field \"shift\" is -1; expected 0.01 to 100", SD3Q_ERR_FORMAT},
+        {"{\"shift\": 0}", "field \"shift\" is 0", SD3Q_ERR_FORMAT},
+        {"{\"shift\": 1e300}", "field \"shift\" is 1e+300", SD3Q_ERR_FORMAT},
+        {"{\"shift\": 3.0, \"use_dynamic_shifting\": true}", "use_dynamic_shifting is true", SD3Q_ERR_UNSUPPORTED},
+        {"{\"_class_name\": \"FlowMatchHeunDiscreteScheduler\"}", "only FlowMatchEulerDiscreteScheduler", SD3Q_ERR_UNSUPPORTED},
+        {"[3.0]", "expected a JSON object", SD3Q_ERR_FORMAT},
+        {"{\"shift\": 3.0,", "invalid JSON", SD3Q_ERR_FORMAT},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_text(path, bad[i].json);
+        char label[128];
+        snprintf(label, sizeof label, "scheduler %s", bad[i].json);
+        expect_load_fail(label, root, NULL, bad[i].st, path, bad[i].msg, NULL);
+    }
+}
+
 static void test_bad_shards(void) {
     printf("== rejected shard indexes\n");
     struct st_file f32;
@@ -720,6 +772,7 @@ int main(void) {
     test_layouts();
     test_bad_single();
     test_bad_config();
+    test_scheduler();
     test_bad_shards();
     rm_rf(g_dir);
     return test_finish("test-checkpoint");

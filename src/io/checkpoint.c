@@ -202,6 +202,39 @@ static const char * diffusers_base(enum sd3q_component which) {
     return (which == SD3Q_COMP_MMDIT || which == SD3Q_COMP_VAE) ? "diffusion_pytorch_model" : "model";
 }
 
+// Reads the sampling shift from <root>/scheduler/scheduler_config.json when it exists, so that a folder samples as
+// diffusers' pipeline would (a config without the field gets the class's default, 1.0, as in diffusers); only
+// FlowMatchEulerDiscreteScheduler's fixed shift is implemented, so a config that asks
+// for dynamic (resolution-dependent) shifting is rejected rather than sampled differently.
+static enum sd3q_status load_scheduler(struct ckpt * c, const char * root, struct sd3q_errbuf * e) {
+    char * path = path_join(root, "scheduler/scheduler_config.json");
+    if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
+    if (!path_is_file(path)) {
+        free(path);
+        return SD3Q_OK;
+    }
+    c->scheduler = path;
+    cJSON * j = NULL;
+    enum sd3q_status st = json_load(path, &j, e);
+    if (st != SD3Q_OK) return st;
+    double shift = SD3Q_DEFAULT_SHIFT;
+    const char * cls = json_get_str(j, "_class_name");
+    if (!cJSON_IsObject(j))
+        st = err_set(e, SD3Q_ERR_FORMAT, "%s: expected a JSON object", path);
+    else if (cls && strcmp(cls, "FlowMatchEulerDiscreteScheduler"))
+        st = err_set(e, SD3Q_ERR_UNSUPPORTED, "%s: _class_name is \"%.64s\"; only FlowMatchEulerDiscreteScheduler is implemented",
+                     path, cls);
+    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "use_dynamic_shifting")))
+        st = err_set(e, SD3Q_ERR_UNSUPPORTED, "%s: use_dynamic_shifting is true; only a fixed shift is implemented", path);
+    else if ((st = json_get_num(j, "shift", 1.0, &shift, path, e)) == SD3Q_OK &&  // absent: the class default, 1.0
+             !(shift >= SD3Q_MIN_SHIFT && shift <= SD3Q_MAX_SHIFT))
+        st = err_set(e, SD3Q_ERR_FORMAT, "%s: field \"shift\" is %g; expected %g to %g", path, shift, SD3Q_MIN_SHIFT,
+                     SD3Q_MAX_SHIFT);
+    if (st == SD3Q_OK) c->shift = shift;
+    cJSON_Delete(j);
+    return st;
+}
+
 // Loads a diffusers folder: every component sub-folder that exists.
 static enum sd3q_status load_diffusers(struct ckpt * c, const char * root, struct sd3q_errbuf * e) {
     c->root = strdup(root);
@@ -221,7 +254,7 @@ static enum sd3q_status load_diffusers(struct ckpt * c, const char * root, struc
         if (path_is_dir(dir)) c->tokenizer[k] = dir;
         else free(dir);
     }
-    return SD3Q_OK;
+    return load_scheduler(c, root, e);
 }
 
 // Counts a tensor that belongs to no component, remembering the first one and its file for the error message.
@@ -285,6 +318,7 @@ static enum sd3q_status load_split(struct ckpt * c, enum sd3q_component which, c
 
 enum sd3q_status ckpt_open(const struct sd3q_model_params * p, struct ckpt * c, struct sd3q_errbuf * e) {
     memset(c, 0, sizeof(*c));
+    c->shift = SD3Q_DEFAULT_SHIFT;
     enum sd3q_status st = SD3Q_OK;
     if (p->path) {
         if (path_is_dir(p->path)) {
@@ -324,6 +358,7 @@ void ckpt_close(struct ckpt * c) {
     free(c->files);
     free(c->root);
     for (int k = 0; k < 3; k++) free(c->tokenizer[k]);
+    free(c->scheduler);
     free(c->first_unknown);
     free(c->unknown_file);
     memset(c, 0, sizeof(*c));

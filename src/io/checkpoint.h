@@ -39,6 +39,8 @@ struct ckpt {
     struct ckpt_component comp[SD3Q_COMP_COUNT];
     char *                root;           // the diffusers folder, or NULL
     char *                tokenizer[3];   // tokenizer folders for CLIP-L, CLIP-G, T5 (diffusers layout), or NULL
+    char *                scheduler;      // scheduler/scheduler_config.json of a diffusers folder, or NULL
+    double                shift;          // its flow-matching shift (SD3Q_DEFAULT_SHIFT without a scheduler config)
     int                   n_unknown;      // tensors of a single file (or a prefixed split file) that belong to no component
     char *                first_unknown;  // the first such name
     char *                unknown_file;   // the file it is in

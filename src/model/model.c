@@ -58,6 +58,8 @@ void sd3q_model_free(struct sd3q_model * m) {
     free(m);
 }
 
+float sd3q_model_shift(const struct sd3q_model * m) { return m ? (float)m->ck.shift : (float)SD3Q_DEFAULT_SHIFT; }
+
 int sd3q_model_has(const struct sd3q_model * m, enum sd3q_component c) {
     if (!m || c < 0 || c >= SD3Q_COMP_COUNT) return 0;
     if (c == SD3Q_COMP_MMDIT) return m->mmdit != NULL;
@@ -157,6 +159,7 @@ size_t sd3q_model_describe(const struct sd3q_model * m, int tensors, char * buf,
                 sb_printf(&b, "]\n");
             }
     }
+    if (m->ck.scheduler) sb_printf(&b, "scheduler shift %g (%s)\n", m->ck.shift, m->ck.scheduler);
     for (int k = 0; k < 3; k++)
         if (m->ck.tokenizer[k]) sb_printf(&b, "tokenizer%s %s\n", k == 0 ? "  " : k == 1 ? "_2" : "_3", m->ck.tokenizer[k]);
     return b.len;

@@ -18,7 +18,7 @@ struct sd3q_gen_params sd3q_gen_default_params(void) {
     p.steps           = 28;
     p.t5_len          = 256;
     p.cfg             = 7.0f;
-    p.shift           = 3.0f;
+    p.shift           = 0.0f;  // the model's (sd3q_model_shift)
     return p;
 }
 
@@ -113,7 +113,8 @@ enum sd3q_status sd3q_session_generate(struct sd3q_session * s, const struct sd3
     if (p->init_noise) memcpy(x, p->init_noise, sizeof(float) * (size_t)nl);
     else sd3q_randn_torch(p->seed, x, nl);
     struct sd3q_cond cond = {L, ctx, pooled}, uncond = {L, nctx, npooled};
-    if ((st = sd3q_session_sample(s, h, w, p->steps, p->shift, p->cfg, &cond, use_cfg ? &uncond : NULL, x)) != SD3Q_OK) goto done;
+    float shift = p->shift == 0.0f ? sd3q_model_shift(m) : p->shift;
+    if ((st = sd3q_session_sample(s, h, w, p->steps, shift, p->cfg, &cond, use_cfg ? &uncond : NULL, x)) != SD3Q_OK) goto done;
     if (latents) memcpy(latents, x, sizeof(float) * (size_t)nl);
     if (s->p.low_memory) session_mmdit_release(s);
     double t2 = now();

@@ -40,14 +40,16 @@ int cmd_adherence(int argc, char ** argv) {
     struct model_opts mo;
     const char * prompts = NULL, * out = NULL;
     int64_t num = 0, steps = 28, seed = 0;
-    double cfg = 7.0;
-    struct opt opts[MODEL_OPTS_N + 6];
+    double cfg = 7.0, shift = 0;  // 0: the model's (sd3q_model_shift)
+    struct opt opts[MODEL_OPTS_N + 7];
     model_opts_add(&mo, opts);
     struct opt own[] = {
         {"--prompts", OPT_STR, &prompts, "generate one image per caption of this file (with --model) and score them", 0, 0, 0, 0},
         {"--num-images", OPT_INT, &num, "only the first N captions", 1, 1000000, 0, 0},
         {"--steps", OPT_INT, &steps, "denoising steps (default 28)", 1, 1000, 0, 0},
         {"--cfg", OPT_FLOAT, &cfg, "guidance scale (default 7.0)", 0, 100, 0, 0},
+        {"--shift", OPT_FLOAT, &shift, "flow-matching time shift (default: the model's scheduler config, else 3.0)", SD3Q_MIN_SHIFT,
+         SD3Q_MAX_SHIFT, 0, 0},
         {"--seed", OPT_INT, &seed, "caption i uses seed + i (default 0)", 0, 9007199254740991.0, 0, 0},
         {"--out", OPT_STR, &out, "keep the generated images here (NNNN.png)", 0, 0, 0, 0},
     };
@@ -59,7 +61,7 @@ int cmd_adherence(int argc, char ** argv) {
                        "background, count, colour, shape, size and position match the caption, and the rates. Score PNG files\n"
                        "against the prompt in their text chunk (sd3q adherence a.png b.png ...), or generate one image per\n"
                        "caption with --model and --prompts.",
-                       opts, MODEL_OPTS_N + 6, pos, 4096, &npos, "[IMAGE.png ...]");
+                       opts, MODEL_OPTS_N + 7, pos, 4096, &npos, "[IMAGE.png ...]");
     if (r) return r == 1 ? 0 : 2;
     if ((npos > 0) == (prompts != NULL)) {
         fprintf(stderr, "sd3q adherence: give either PNG files or --prompts with --model\n");
@@ -101,6 +103,7 @@ int cmd_adherence(int argc, char ** argv) {
         float * img = NULL;
         uint8_t * rgb = NULL;
         if (!m) goto gen_done;
+        if (shift == 0) shift = sd3q_model_shift(m);
         struct sd3q_mmdit_info info;
         if (sd3q_model_mmdit_info(m, &info) != SD3Q_OK) {
             fprintf(stderr, "sd3q adherence: the model has no MMDiT\n");
@@ -119,7 +122,7 @@ int cmd_adherence(int argc, char ** argv) {
         rgb = malloc(3 * (size_t)side * side);
         if (!img || !rgb) goto gen_done;
         struct sd3q_gen_params gp = sd3q_gen_default_params();
-        gp.steps = (int)steps, gp.cfg = (float)cfg;
+        gp.steps = (int)steps, gp.cfg = (float)cfg, gp.shift = (float)shift;
         int i = 0;
         char * save = NULL;
         for (char * line = strtok_r(text, "\r\n", &save); line && (!num || i < num); line = strtok_r(NULL, "\r\n", &save)) {
@@ -135,7 +138,7 @@ int cmd_adherence(int argc, char ** argv) {
             if (out) {
                 char path[4096];
                 snprintf(path, sizeof path, "%s/%04d.png", out, i);
-                struct pngio_params pp = {line, "", (uint64_t)(seed + i), (int)steps, cfg, 3.0, side, side, mo.model, NULL};
+                struct pngio_params pp = {line, "", (uint64_t)(seed + i), (int)steps, cfg, shift, side, side, mo.model, NULL};
                 if (pngio_write_image(path, rgb, side, side, &pp, &e) != SD3Q_OK) {
                     fprintf(stderr, "sd3q adherence: %s\n", e.msg);
                     goto gen_done;

@@ -81,7 +81,7 @@ int cmd_generate(int argc, char ** argv) {
     struct model_opts mo;
     const char * prompt = NULL, * negative = "", * output = "sd3q-%d.png", * init_noise = NULL, * save_latents = NULL;
     int64_t steps = 28, width = 0, height = 0, seed = 0, count = 1, t5_len = 256;
-    double cfg = 7.0, shift = 3.0;
+    double cfg = 7.0, shift = 0;  // 0: the model's (sd3q_model_shift)
     struct opt opts[MODEL_OPTS_N + 13];
     model_opts_add(&mo, opts);
     struct opt own[] = {
@@ -89,7 +89,7 @@ int cmd_generate(int argc, char ** argv) {
         {"--negative-prompt", OPT_STR, &negative, "what to avoid (default \"\")", 0, 0, 0, 0},
         {"--steps", OPT_INT, &steps, "denoising steps (default 28)", 1, 1000, 0, 0},
         {"--cfg", OPT_FLOAT, &cfg, "classifier-free guidance scale (default 7.0; 1 disables the unconditional pass)", 0, 100, 0, 0},
-        {"--shift", OPT_FLOAT, &shift, "flow-matching time shift (default 3.0)", 0.01, 100, 0, 0},
+        {"--shift", OPT_FLOAT, &shift, "flow-matching time shift (default: the model's scheduler config, else 3.0)", SD3Q_MIN_SHIFT, SD3Q_MAX_SHIFT, 0, 0},
         {"--width", OPT_INT, &width, "image width, a multiple of 16 (default: the model's sample size × 8, 1024 for SD3)", 16, 16384, 0, 0},
         {"--height", OPT_INT, &height, "image height, a multiple of 16 (default as --width)", 16, 16384, 0, 0},
         {"--seed", OPT_INT, &seed, "noise seed (torch.Generator(\"cpu\").manual_seed; default 0)", 0, 9007199254740991.0, 0, 0},
@@ -123,6 +123,7 @@ int cmd_generate(int argc, char ** argv) {
     double t_start = now();
     struct sd3q_model * m = model_opts_load(&mo, "generate");
     if (!m) return 1;
+    if (shift == 0) shift = sd3q_model_shift(m);
     int rc = 1;
     struct sd3q_session * s = NULL;
     float * noise = NULL, * image = NULL, * latent = NULL;

@@ -30,7 +30,7 @@ int cmd_calibrate(int argc, char ** argv) {
     struct model_opts mo;
     const char * prompts = NULL, * out = NULL, * negative = "";
     int64_t num = 10, steps = 30, size = 512, seed = 42, t5 = 256;
-    double cfg = 4.0, shift = 3.0;
+    double cfg = 4.0, shift = 0;  // 0: the model's (sd3q_model_shift)
     int resume = 0, force = 0;
     struct opt opts[MODEL_OPTS_N + 12];
     model_opts_add(&mo, opts);
@@ -39,7 +39,7 @@ int cmd_calibrate(int argc, char ** argv) {
         {"--num-images", OPT_INT, &num, "images to generate (default 10; prompts are reused in order)", 1, 1e6, 0, 0},
         {"--steps", OPT_INT, &steps, "denoising steps (default 30)", 1, 1000, 0, 0},
         {"--cfg", OPT_FLOAT, &cfg, "guidance scale (default 4.0)", 0, 100, 0, 0},
-        {"--shift", OPT_FLOAT, &shift, "time shift (default 3.0)", 0.01, 100, 0, 0},
+        {"--shift", OPT_FLOAT, &shift, "flow-matching time shift (default: the model's scheduler config, else 3.0)", SD3Q_MIN_SHIFT, SD3Q_MAX_SHIFT, 0, 0},
         {"--size", OPT_INT, &size, "image side in pixels, a multiple of 16 (default 512)", 16, 4096, 0, 0},
         {"--seed", OPT_INT, &seed, "base seed: image i uses seed + i unless the prompt file gives one (default 42)", 0, 9007199254740991.0, 0, 0},
         {"--t5-max-length", OPT_INT, &t5, "T5 tokens (default 256)", 1, 4096, 0, 0},
@@ -67,6 +67,7 @@ int cmd_calibrate(int argc, char ** argv) {
     struct sd3q_model * m = model_opts_load(&mo, "calibrate");
     struct sd3q_session * s = NULL;
     if (!m) return 1;
+    if (shift == 0) shift = sd3q_model_shift(m);
     struct sd3q_session_params sp;
     if ((rc = model_opts_session(&mo, "calibrate", &sp)) != 0) goto done;
     rc = 1;
@@ -262,7 +263,7 @@ int cmd_quant_eval(int argc, char ** argv) {
     struct model_opts mo;
     const char * prompts = NULL, * config = NULL, * stats = NULL, * out = NULL, * json = NULL;
     int64_t num = 8, steps = 28, size = 0, seed = 0, t5 = 256, groups = 0;
-    double cfg = 7.0, shift = 3.0;
+    double cfg = 7.0, shift = 0;  // 0: the model's (sd3q_model_shift)
     struct opt opts[MODEL_OPTS_N + 13];
     model_opts_add(&mo, opts);
     struct opt own[] = {
@@ -274,7 +275,7 @@ int cmd_quant_eval(int argc, char ** argv) {
         {"--steps", OPT_INT, &steps, "denoising steps (default 28)", 1, 1000, 0, 0},
         {"--size", OPT_INT, &size, "image side (default: the model's)", 16, 4096, 0, 0},
         {"--cfg", OPT_FLOAT, &cfg, "guidance scale (default 7.0)", 0, 100, 0, 0},
-        {"--shift", OPT_FLOAT, &shift, "time shift (default 3.0)", 0.01, 100, 0, 0},
+        {"--shift", OPT_FLOAT, &shift, "flow-matching time shift (default: the model's scheduler config, else 3.0)", SD3Q_MIN_SHIFT, SD3Q_MAX_SHIFT, 0, 0},
         {"--seed", OPT_INT, &seed, "image i uses seed + i (default 0)", 0, 9007199254740991.0, 0, 0},
         {"--t5-max-length", OPT_INT, &t5, "T5 tokens (default 256)", 1, 4096, 0, 0},
         {"--out", OPT_STR, &out, "write every image here (<scheme>_NNNN.png)", 0, 0, 0, 0},
@@ -333,6 +334,7 @@ int cmd_quant_eval(int argc, char ** argv) {
     }
     sch[ns++] = (struct evalq_scheme){"a8-dynamic-token", EVALQ_DYNAMIC, NULL, 8, 0, 0, 0, 0};
     if (!(m = model_opts_load(&mo, "quant-eval"))) goto done;
+    if (shift == 0) shift = sd3q_model_shift(m);
     struct sd3q_mmdit_info info;
     if (sd3q_model_mmdit_info(m, &info) != SD3Q_OK) {
         fprintf(stderr, "sd3q quant-eval: the model has no MMDiT\n");
