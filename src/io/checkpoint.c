@@ -203,9 +203,9 @@ static const char * diffusers_base(enum sd3q_component which) {
 }
 
 // Reads the sampling shift from <root>/scheduler/scheduler_config.json when it exists, so that a folder samples as
-// diffusers' pipeline would (a config without the field gets the class's default, 1.0, as in diffusers); only
-// FlowMatchEulerDiscreteScheduler's fixed shift is implemented, so a config that asks
-// for dynamic (resolution-dependent) shifting is rejected rather than sampled differently.
+// diffusers' pipeline would (a config without the field gets the class's default, 1.0, as in diffusers). Only
+// FlowMatchEulerDiscreteScheduler's fixed shift is implemented: a config asking for another scheduler or for dynamic
+// (resolution-dependent) shifting is rejected rather than sampled differently.
 static enum sd3q_status load_scheduler(struct ckpt * c, const char * root, struct sd3q_errbuf * e) {
     char * path = path_join(root, "scheduler/scheduler_config.json");
     if (!path) return err_set(e, SD3Q_ERR_OOM, "out of memory");
