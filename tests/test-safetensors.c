@@ -4,7 +4,7 @@
  *
  * Reader: every malformed file of the issue list (empty, < 8 bytes, header length past EOF / over 100 MB, header not
  * JSON / not an object, unknown dtype, bad shapes incl. element-count and byte-size overflow, bad data_offsets,
- * begin > end, span ≠ numel·size, data past EOF, overlaps, duplicates, bad __metadata__, > 8 dims, empty names, ...)
+ * begin > end, span ≠ numel·size, data past EOF, overlaps, holes and trailing bytes, duplicates, bad __metadata__, > 8 dims, empty names, ...)
  * is written to a real file and opened with st_open; each must fail with the expected status and a message that
  * names the file and the tensor or field. A valid file is also cut at every length (st_parse on an exact-size heap
  * copy, so ASan sees any over-read). Valid edge cases load with the right shapes and bytes: all eight dtypes,
@@ -218,6 +218,16 @@ static void test_bad_files(void) {
                        "{\"w.b\": {\"dtype\": \"U8\", \"shape\": [4], \"data_offsets\": [0, 4]},"
                        " \"w.a\": {\"dtype\": \"I32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
                        4, SD3Q_ERR_FORMAT, "overlap", "'w.a'");
+    expect_header_fail("hole before the first tensor", "{\"w.a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}", 12,
+                       SD3Q_ERR_FORMAT, "bytes [0, 4) belong to no tensor", "'w.a'");
+    expect_header_fail("hole between tensors",
+                       "{\"w.a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
+                       " \"w.b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [9, 13]}}",
+                       13, SD3Q_ERR_FORMAT, "bytes [8, 9) belong to no tensor", "'w.b'");
+    expect_header_fail("bytes after the last tensor", "{\"w.a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}", 9,
+                       SD3Q_ERR_FORMAT, "bytes [8, 9) after the last tensor", "entirely indexed");
+    expect_header_fail("data but no tensors", "{\"__metadata__\": {\"format\": \"pt\"}}", 16, SD3Q_ERR_FORMAT,
+                       "bytes [0, 16) after the last tensor", NULL);
     expect_header_fail("one inside another",
                        "{\"big\": {\"dtype\": \"U8\", \"shape\": [16], \"data_offsets\": [0, 16]},"
                        " \"mid\": {\"dtype\": \"U8\", \"shape\": [2], \"data_offsets\": [16, 18]},"
@@ -282,12 +292,13 @@ static void test_valid(void) {
     const char * json_name[] = {"a.f32", "b.f16", "c.bf16", "d.f8", "e.i8", "f.u8", "g.i32", "h.i64", "i.scalar", "j.empty",
                                 "k.empty2d", "l.eightdims", "m.\\\"quoted\\\"\\\\name", "n.unicode.\xc3\xa9"};
     int nt = (int)(sizeof ts / sizeof ts[0]);
-    // data laid out in reverse order with odd gaps (alignment is not required); empty tensors sit at offsets that
-    // coincide with other tensors' starts (allowed: they take no bytes)
-    size_t off = 3;
+    // data laid out in reverse order, unaligned (odd sizes follow one another; alignment is not required) and without
+    // holes (the format requires the data to be entirely indexed); empty tensors sit at offsets that coincide with
+    // other tensors' starts (allowed: they take no bytes)
+    size_t off = 0;
     for (int i = nt - 1; i >= 0; i--) {
         ts[i].off = off;
-        off += ts[i].nbytes + (i % 3);
+        off += ts[i].nbytes;
     }
     ts[9].off = ts[0].off;
     size_t data_len = off;

@@ -199,6 +199,17 @@ static enum sd3q_status parse_header(struct st_file * f, const char * label, str
             goto cleanup;
         }
     }
+    // the format forbids holes (they would let a file be two formats at once): the ranges must tile the data section
+    uint64_t covered = 0;
+    for (int i = 0; i < m && st == SD3Q_OK; i++) {
+        if (order[i]->begin != covered)
+            st = err_set(e, SD3Q_ERR_FORMAT, "%s: data bytes [%llu, %llu) belong to no tensor (the next is '%s'); the data must be "
+                         "entirely indexed", label, (unsigned long long)covered, (unsigned long long)order[i]->begin, order[i]->name);
+        covered = order[i]->end;
+    }
+    if (st == SD3Q_OK && covered != data_size)
+        st = err_set(e, SD3Q_ERR_FORMAT, "%s: data bytes [%llu, %llu) after the last tensor belong to no tensor; the data must be "
+                     "entirely indexed", label, (unsigned long long)covered, (unsigned long long)data_size);
 cleanup:
     free(order);
     cJSON_Delete(root);
