@@ -5,10 +5,13 @@ its caption and prints the adherence rate, which must be 1.0.  With --blur S it 
 scores copies blurred by a Gaussian of sigma S px plus N(0, 6) noise, to show how much
 degradation the thresholds tolerate.  With --vae DIR it also scores the images after a
 round trip through the VAE of the model folder DIR (encode to the posterior mean, decode):
-the adherence a perfect MMDiT could reach with that VAE (--split picks the scenes).
+the adherence a perfect MMDiT could reach with that VAE (--split picks the scenes; --shape and
+--size keep only scenes of that shape / size; the round trip through a posterior sample, which
+is what the MMDiT is trained to produce, is scored too).
 
     python validate_checker.py --n 1000 --blur 0.7 1.0
     python validate_checker.py --n 500 --split heldout --vae ../../models/tiny-sd3
+    python validate_checker.py --n 24 --seed 11 --split train --shape star --size small --vae ../../models/tiny-sd3
 """
 import argparse
 import os
@@ -31,18 +34,37 @@ def blur(img, s):
     return sum(k[i] * y[:, i:i + W] for i in range(2 * r + 1))
 
 
-def vae_round_trip(folder, imgs):
-    """uint8 [N, H, W, 3] -> the same images encoded (posterior mean) and decoded by folder/vae."""
+def vae_round_trip(folder, imgs, sample=False):
+    """uint8 [N, H, W, 3] -> the same images encoded (posterior mean, or a posterior sample with a fixed seed) and
+    decoded by folder/vae."""
     import torch
     from diffusers import AutoencoderKL
     vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
     out = []
     with torch.no_grad():
         for i in range(0, len(imgs), 50):
             x = torch.from_numpy(imgs[i:i + 50]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+            post = vae.encode(x).latent_dist
+            y = vae.decode(post.sample(generator=g) if sample else post.mean).sample
             out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
+
+
+def select_scenes(seed, n, split, shape=None, size=None):
+    """n scenes of the split, only those of the given shape / size name when set (drawn from a larger sample)."""
+    if shape is None and size is None:
+        return shapes.sample_scenes(seed, n, split)
+    sc = shapes.sample_scenes(seed, 40 * n, split)
+    keep = np.ones(len(sc["shape"]), dtype=bool)
+    if shape is not None:
+        keep &= sc["shape"] == shapes.SHAPE_IDX[shape]
+    if size is not None:
+        keep &= sc["size"] == shapes.SIZE_IDX[size]
+    sel = np.flatnonzero(keep)[:n]
+    if len(sel) < n:
+        raise SystemExit("only %d scenes of that kind among %d sampled" % (len(sel), 40 * n))
+    return {k: v[sel] for k, v in sc.items()}
 
 
 def main():
@@ -53,8 +75,10 @@ def main():
     ap.add_argument("--blur", type=float, nargs="*", default=[])
     ap.add_argument("--split", default="all", choices=["all", "train", "heldout"])
     ap.add_argument("--vae", default=None, help="model folder whose vae/ makes the round trip")
+    ap.add_argument("--shape", default=None, choices=list(shapes.SHAPE_IDX), help="only scenes of this shape")
+    ap.add_argument("--size", default=None, choices=list(shapes.SIZE_IDX), help="only scenes of this size")
     a = ap.parse_args()
-    sc = shapes.sample_scenes(a.seed, a.n, a.split)
+    sc = select_scenes(a.seed, a.n, a.split, a.shape, a.size)
     caps = shapes.scene_captions(sc)
     ok = True
     for res in a.res:
@@ -70,9 +94,11 @@ def main():
             s = adherence.summarise([adherence.check(im, c) for im, c in zip(b, caps)])
             print("  blurred (sigma %.1f px at 128) + noise: adherence %.3f %s" % (sig, s["adherence"], s["per_attribute"]))
         if a.vae:
-            rt = vae_round_trip(a.vae, imgs)
-            s = adherence.summarise([adherence.check(im, c) for im, c in zip(rt, caps)])
-            print("  VAE round trip: adherence %.3f %s" % (s["adherence"], s["per_attribute"]))
+            for smp in (False, True):
+                rt = vae_round_trip(a.vae, imgs, smp)
+                s = adherence.summarise([adherence.check(im, c) for im, c in zip(rt, caps)])
+                print("  VAE round trip (posterior %s): adherence %.3f %s" % ("sample" if smp else "mean", s["adherence"],
+                                                                             s["per_attribute"]))
     return 0 if ok else 1
 
 
