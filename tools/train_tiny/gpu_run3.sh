@@ -33,7 +33,7 @@ cd "$HERE"
 collect() {  # the latest shipped model and the log into $OUT
     cp "$W"/ship/model.tar.part* "$OUT"/ 2>/dev/null
     cp "$W/train.out" "$OUT/train_log.txt" 2>/dev/null
-    grep -v -i warn "$W/train.out" | grep -E "dit step|shipped|done|Error|error" | tail -n 12
+    grep -E "dit step|shipped|done|Error|error|WARNING gradient" "$W/train.out" | grep -v -E "Warning:|warnings\.warn" | tail -n 12
 }
 
 case "${1:-}" in
@@ -49,7 +49,7 @@ start)
     echo $! > "$W/pid"
     while [ $(( $(date +%s) - T0 )) -lt "$WAIT_S" ] && kill -0 "$(cat "$W/pid")" 2>/dev/null; do
         sleep 30
-        stamp "$(grep -E 'dit step|frozen|latent bank|compile|Error' "$W/train.out" | tail -n 1)"
+        stamp "$(grep -E 'dit step|frozen|latent bank|compile|Error|WARNING' "$W/train.out" | tail -n 1)"
     done
     collect
     ;;

@@ -143,6 +143,31 @@ class Schedule:
         return self.progress(step) >= 1.0
 
 
+class GradWatch:
+    """Flags a run whose gradient norm drifts up: the median of the logged norms in the first `ref_lines` log lines after
+    warm-up is the reference, and `patience` consecutive lines above `ratio` times it give a warning (phase 8 of the
+    tiny model went from 0.05 to 7 within 10,000 steps while its loss barely moved at first)."""
+
+    def __init__(self, warmup, ref_lines=10, ratio=4.0, patience=3):
+        self.warmup, self.ref_lines, self.ratio, self.patience = warmup, ref_lines, ratio, patience
+        self.early, self.ref, self.high = [], None, 0
+
+    def update(self, step, gnorm):
+        """Returns a warning line or None."""
+        if step <= self.warmup:
+            return None
+        if self.ref is None:
+            self.early.append(gnorm)
+            if len(self.early) == self.ref_lines:
+                self.ref = float(sorted(self.early)[len(self.early) // 2])
+            return None
+        self.high = self.high + 1 if gnorm > self.ratio * self.ref else 0
+        if self.high == self.patience:
+            return ("WARNING gradient norm %.3g at step %d: %d log lines in a row above %.0fx the early median %.3g; the "
+                    "run may be diverging" % (gnorm, step, self.patience, self.ratio, self.ref))
+        return None
+
+
 def autocast(dev, enabled=True):
     if dev.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -501,6 +526,7 @@ def stage_dit(args):
     # the forward the steps call: torch.compile fuses the MMDiT's many small elementwise kernels (hidden 192);
     # the module itself (tr) stays the one whose parameters the optimizer, EMA and checkpoints see
     fwd = torch.compile(tr) if args.compile else tr
+    watch = GradWatch(args.warmup)
 
     def checkpoint():
         if rank != 0:
@@ -575,6 +601,9 @@ def stage_dit(args):
                 step, float(acc) / acc_n, float(gn), lr, (step - n_last) / dt, (step - n_last) * args.batch * world / dt,
                 time.time() - sched.t0), fh)
             t_last, n_last, acc, acc_n = time.time(), step, 0.0, 0
+            warn = watch.update(step, float(gn))
+            if warn:
+                log(warn, fh)
         if time.time() - last_ck > args.ckpt_every_s:
             checkpoint()
             last_ck = time.time()
