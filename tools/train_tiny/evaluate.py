@@ -13,6 +13,11 @@ Caption sets (fixed, committed next to this file):
     python evaluate.py                                 # both sets, shipped model, CPU
     python evaluate.py --sets heldout --cfg 5 7 --device cuda --model /tmp/export
     python evaluate.py --limit 20 --save /tmp/eval     # quick; keeps the images
+    python evaluate.py --vaes /tmp/vae_a /tmp/vae_b    # the same latents decoded by other VAEs as well
+
+With --vaes, each set's latents are generated once and decoded by the model's own VAE and by the vae/ folder of
+each DIR (or DIR itself when it holds the VAE's config.json): a comparison of decoders that share the latent space
+(a decoder fine-tune keeps the encoder).
 """
 import argparse
 import json
@@ -42,6 +47,14 @@ def evaluate(pipe, captions, cfg, steps=sample.DEFAULT_STEPS, size=128, batch=25
     return adherence.summarise(res), res, imgs
 
 
+def load_vae(d, pipe):
+    """The AutoencoderKL of folder d (d/vae, or d itself), on the pipeline's device and dtype."""
+    from diffusers import AutoencoderKL
+    sub = os.path.join(d, "vae")
+    vae = AutoencoderKL.from_pretrained(sub if os.path.isdir(sub) else d, torch_dtype=pipe.vae.dtype)
+    return vae.to(pipe.vae.device).eval()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=tm.MODEL_DIR)
@@ -56,10 +69,12 @@ def main():
     ap.add_argument("--save", default=None, help="folder for the images (SET_cfgX subfolders)")
     ap.add_argument("--json", default=None, help="write the summaries here")
     ap.add_argument("--verbose", action="store_true", help="print every failing caption")
+    ap.add_argument("--vaes", nargs="*", default=[], help="also decode the same latents with these VAEs")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = sample.load_pipeline(a.model, a.device)
+    vaes = [("model", pipe.vae)] + [(d, load_vae(d, pipe)) for d in a.vaes]
     report = []
     for s in a.sets:
         caps = sample.read_prompts(SETS[s])
@@ -68,17 +83,30 @@ def main():
         for cfg in a.cfg:
             t0 = time.time()
             save = os.path.join(a.save, "%s_cfg%g" % (s, cfg)) if a.save else None
-            summ, res, _ = evaluate(pipe, caps, cfg, a.steps, a.size, a.batch, save)
-            summ.update(set=s, cfg=cfg, steps=a.steps, size=a.size, seconds=round(time.time() - t0, 1),
-                        device=a.device)
-            report.append(summ)
-            print("%-8s cfg %-4g adherence %.3f  %s  (%d captions, %.0fs)" % (
-                s, cfg, summ["adherence"], " ".join("%s %.2f" % kv for kv in summ["per_attribute"].items()),
-                summ["n"], summ["seconds"]), flush=True)
-            if a.verbose:
-                for c, r in zip(caps, res):
-                    if not r["ok"]:
-                        print("   FAIL %-40s %s" % (",".join(k for k, v in r["attrs"].items() if not v), c))
+            if len(vaes) == 1:
+                summ, res, _ = evaluate(pipe, caps, cfg, a.steps, a.size, a.batch, save)
+                runs = [("model", summ, res)]
+            else:
+                lat = sample.generate_latents(pipe, caps, [SEED0 + i for i in range(len(caps))], a.steps, cfg,
+                                              a.size, a.batch)
+                runs = []
+                for k, (name, vae) in enumerate(vaes):
+                    imgs = sample.decode_latents(vae, lat)
+                    res = [adherence.check(im, c) for im, c in zip(imgs, caps)]
+                    if save:
+                        sample.save_images(imgs, caps, save + ("_vae%d" % k if k else ""))
+                    runs.append((name, adherence.summarise(res), res))
+            for name, summ, res in runs:
+                summ.update(set=s, cfg=cfg, steps=a.steps, size=a.size, seconds=round(time.time() - t0, 1),
+                            device=a.device, vae=name)
+                report.append(summ)
+                print("%-8s cfg %-4g adherence %.3f  %s  (%d captions, %.0fs)%s" % (
+                    s, cfg, summ["adherence"], " ".join("%s %.2f" % kv for kv in summ["per_attribute"].items()),
+                    summ["n"], summ["seconds"], "" if len(runs) == 1 else "  vae " + name), flush=True)
+                if a.verbose:
+                    for c, r in zip(caps, res):
+                        if not r["ok"]:
+                            print("   FAIL %-40s %s" % (",".join(k for k, v in r["attrs"].items() if not v), c))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -43,6 +43,30 @@ def generate(pipe, prompts, seeds, steps=DEFAULT_STEPS, cfg=DEFAULT_CFG, size=12
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def generate_latents(pipe, prompts, seeds, steps=DEFAULT_STEPS, cfg=DEFAULT_CFG, size=128, batch=16):
+    """The denoised latents (before the VAE's shift and scale are undone) -> float32 tensor [N, 16, size/8, size/8]
+    on the CPU; decode them with decode_latents, with this or another VAE of the same latent space."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i:i + batch]]
+        out.append(pipe(prompt=prompts[i:i + batch], num_inference_steps=steps, guidance_scale=cfg, height=size,
+                        width=size, generator=gens, output_type="latent").images.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_latents(vae, lat, batch=50):
+    """Latents from generate_latents -> uint8 array [N, H, W, 3], as the pipeline's own decoding and generate()."""
+    dev, dt = vae.device, vae.dtype
+    out = []
+    for i in range(0, len(lat), batch):
+        z = lat[i:i + batch].to(dev, dt) / vae.config.scaling_factor + vae.config.shift_factor
+        x = (vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
+        out.append((x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
 def read_prompts(path):
     with open(path) as f:
         return [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]

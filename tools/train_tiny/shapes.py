@@ -219,6 +219,25 @@ def sample_scenes(seed, n, split="train"):
                 half=half, centres=centres, caption=cap)
 
 
+def is_focus(sc):
+    """Scenes whose objects are hard to draw and to decode: stars of any size and small objects of any shape."""
+    return (sc["shape"] == SHAPE_IDX["star"]) | (sc["size"] == SIZE_IDX["small"])
+
+
+def sample_scenes_focus(seed, n, split="train", frac=0.0):
+    """n scenes as sample_scenes, but a fraction frac of them drawn only from focus scenes (is_focus); the first
+    n - round(frac * n) are sample_scenes(seed, ...) unchanged, so frac = 0 gives exactly sample_scenes."""
+    nf = int(round(frac * n))
+    base = sample_scenes(seed, n - nf, split)
+    if nf == 0:
+        return base
+    pool = sample_scenes(seed + 500009, 3 * nf + 64, split)   # about 7/15 of all scenes are focus scenes
+    sel = np.flatnonzero(is_focus(pool))[:nf]
+    if len(sel) < nf:
+        raise RuntimeError("only %d focus scenes among %d sampled" % (len(sel), 3 * nf + 64))
+    return {k: np.concatenate([base[k], pool[k][sel]]) for k in base}
+
+
 def scene_captions(sc):
     return [caption_from_index(i) for i in sc["caption"]]
 
