@@ -12,7 +12,9 @@
 # EMA transformer/ folder), eval.txt (every measurement) and train_log.txt.
 # Knobs: VAE_S (300) and DIT_S (300) wall-clock budgets incl. set-up; VAE_LR (3e-4); VAE_A ("--focus 0.5
 # --fg-weight 4") and VAE_B ("") the two decoders' extra train.py arguments; DIT (1: run the MMDiT; 0: decoders
-# only); DIT_LR (1e-4); DIT_EXTRA ("--focus 0.3"); LATENT_BANK (200000); SEED (9); EVAL_LIMIT (all captions);
+# only); DIT_LR (1e-4); DIT_EXTRA ("--focus 0.3"); LATENT_BANK (200000); SEED (9); EVAL_SETS ("heldout seen select":
+# evaluate.py's sets; candidates are chosen on select, the headline is heldout); RT_BASE (1: also the round trip of
+# INIT_FROM's own VAE); EVAL_LIMIT (all captions);
 # PY (python3). A quick CPU check of the script: VAE_S=40 DIT_S=60 VAE_A="--batch 4 --bank 300 --focus 0.5
 # --fg-weight 4" VAE_B="--batch 4 --bank 300" DIT_EXTRA="--batch 4 --device cpu" LATENT_BANK=300 EVAL_LIMIT=2.
 set -u
@@ -31,6 +33,8 @@ DIT_LR=${DIT_LR:-1e-4}
 DIT_EXTRA=${DIT_EXTRA---focus 0.3}
 LATENT_BANK=${LATENT_BANK:-200000}
 SEED=${SEED:-9}
+EVAL_SETS=${EVAL_SETS:-heldout seen select}
+RT_BASE=${RT_BASE:-1}
 LIM=${EVAL_LIMIT:+--limit $EVAL_LIMIT}
 mkdir -p "$OUT" "$W/a" "$W/b" "$W/dit"
 cd "$HERE" || exit 1
@@ -77,7 +81,9 @@ for v in a b; do
     fi
 done
 {
-    for m in "$INIT_FROM" "${VAES[@]}"; do
+    RT=("${VAES[@]}")
+    [ "$RT_BASE" = 1 ] && RT=("$INIT_FROM" "${VAES[@]}")
+    for m in "${RT[@]}"; do
         for size in small medium; do
             echo "round trip of rendered $size stars, VAE of $m:"
             $PY validate_checker.py --n 100 --seed 11 --split all --shape star --size "$size" --vae "$m" 2>&1 \
@@ -85,11 +91,11 @@ done
         done
     done
     stamp "evaluate (shipped MMDiT; decoders: shipped ${VAES[*]})"
-    $PY evaluate.py --model "$INIT_FROM" --sets heldout seen --cfg 5 --batch 100 $LIM --vaes "${VAES[@]}" 2>&1 \
+    $PY evaluate.py --model "$INIT_FROM" --sets $EVAL_SETS --cfg 5 --batch 100 $LIM --vaes "${VAES[@]}" 2>&1 \
         | grep -E "adherence|Error"
     if [ "$RD" = 0 ]; then
         stamp "evaluate (continued MMDiT)"
-        $PY evaluate.py --model "$W/dit/ship_ema" --sets heldout seen --cfg 5 --batch 100 $LIM --vaes "${VAES[@]}" 2>&1 \
+        $PY evaluate.py --model "$W/dit/ship_ema" --sets $EVAL_SETS --cfg 5 --batch 100 $LIM --vaes "${VAES[@]}" 2>&1 \
             | grep -E "adherence|Error"
         $PY -c "import sys; sys.path.insert(0, '.'); import train; train.tar_parts('$W/dit/ship_ema/transformer', 'transformer', '$OUT', 'transformer.tar')"
     fi
