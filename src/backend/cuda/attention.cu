@@ -14,7 +14,9 @@
  * bias) is applied only to tiles that need it. The output tile is staged in the Q buffer and written with 16-byte
  * stores. Variants (warps, MT, BN) are instantiated below and chosen per backend (backend_cuda_set_attention_variant).
  *
- * Hopper path (sm_90a builds on cc 9.0 devices): the same algorithm with the products on wgmma (see the kernel).
+ * Hopper path (sm_90a builds on cc 9.0 devices): the same algorithm with the products on wgmma (see the kernel), and a
+ * second wgmma kernel that overlaps the softmax of one key tile with the tensor-core products of its neighbours
+ * (flash_attn_wgmma_ovl_kernel, variants 7–11).
  *
  * General path (any head width, e.g. the VAE's 512, or misaligned buffers): per (batch, query segment, chunk of QB
  * query rows): cuBLAS computes the scaled scores of all heads for the chunk against every key segment into f32
@@ -108,9 +110,11 @@ __device__ __forceinline__ void load_kv(const fa_params & p, bf16 * sk, bf16 * s
     }
 }
 
-// Shared memory of one flash variant: Q tile, then FA_STAGES K tiles, then FA_STAGES V tiles.
+// Shared memory of one flash variant: Q tile, then NS K tiles, then NS V tiles (NS = FA_STAGES but for the overlapped kernel).
 #define FA_STAGES 3
-template <int WARPS, int MT, int BN> constexpr int fa_smem_bytes() { return (WARPS * MT * 16 + 2 * FA_STAGES * BN) * FA_HD * 2; }
+template <int WARPS, int MT, int BN, int NS = FA_STAGES> constexpr int fa_smem_bytes() {
+    return (WARPS * MT * 16 + 2 * NS * BN) * FA_HD * 2;
+}
 
 // ---- pieces shared by the flash kernels ---------------------------------------------------------------------------------
 
@@ -133,8 +137,8 @@ template <int BM> __device__ __forceinline__ fa_qtile fa_query_tile(const fa_par
     return q;
 }
 
-// Issues the loads of the Q tile (one commit group) and of the first FA_STAGES − 1 key tiles (one group each).
-template <int BM, int BN, int NTHR>
+// Issues the loads of the Q tile (one commit group) and of the first PRE key tiles (one group each, into stages 0..PRE−1).
+template <int BM, int BN, int NTHR, int PRE = FA_STAGES - 1>
 __device__ __forceinline__ void fa_prologue(const fa_params & p, const fa_qtile & q, bf16 * sQ, bf16 * sK, bf16 * sV, int T, int b,
                                             int h, int tid) {
     const int64_t ld = 3 * p.D;
@@ -145,7 +149,7 @@ __device__ __forceinline__ void fa_prologue(const fa_params & p, const fa_qtile 
     }
     cp_async_commit();
 #pragma unroll
-    for (int st = 0; st < FA_STAGES - 1; st++) {
+    for (int st = 0; st < PRE; st++) {
         if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
         cp_async_commit();
     }
@@ -386,6 +390,8 @@ __device__ __forceinline__ uint64_t wg_desc(const void * smem) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most N of this warpgroup's committed wgmma groups are still pending (groups complete in order).
+template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // Orders this thread's completed generic-proxy writes to shared memory (cp.async) before later async-proxy reads (wgmma).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -405,6 +411,24 @@ __device__ __forceinline__ void wg_ss_n128(float * d, uint64_t da, uint64_t db, 
                  : "l"(da), "l"(db), "r"(accumulate));
 }
 
+// d[64×64] = A[64×16] · B[16×64] (K-major in shared memory), d written only: S needs no zeroing and its old values stay
+// dead (with "+f" they would be kept alive until the next product, 64 registers more at 128 keys while P·V is issued).
+__device__ __forceinline__ void wg_ss_n64_z(float * d, uint64_t da, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+                 : "l"(da), "l"(db), "r"(0));
+}
+
+// d[64×128] = A[64×16] · B[16×128] (K-major in shared memory), d written only: S needs no zeroing and its old values stay
+// dead (with "+f" they would be kept alive until the next product, 64 registers more at 128 keys while P·V is issued).
+__device__ __forceinline__ void wg_ss_n128_z(float * d, uint64_t da, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
+                 : "l"(da), "l"(db), "r"(0));
+}
+
 // d[64×64] += A[64×16] · B[16×64]: A in registers (the mma.sync A-fragment layout), B N-major in shared memory.
 __device__ __forceinline__ void wg_rs_n64(float * d, const uint32_t a[4], uint64_t db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -420,6 +444,18 @@ template <int BN> __device__ __forceinline__ void wg_scores(float * s, const bf1
     for (int ks = 0; ks < 4; ks++) {
         if (BN == 64) wg_ss_n64(s, dq + 2 * ks, dk + 2 * ks, ks > 0);
         else wg_ss_n128(s, dq + 2 * ks, dk + 2 * ks, ks > 0);
+    }
+}
+
+// wg_scores with the first k16 step writing S without reading it (wg_ss_n*_z).
+template <int BN> __device__ __forceinline__ void wg_scores_z(float * s, const bf16 * q, const bf16 * k) {
+    const uint64_t dq = wg_desc(q), dk = wg_desc(k);
+    if (BN == 64) wg_ss_n64_z(s, dq, dk);
+    else wg_ss_n128_z(s, dq, dk);
+#pragma unroll
+    for (int ks = 1; ks < 4; ks++) {
+        if (BN == 64) wg_ss_n64(s, dq + 2 * ks, dk + 2 * ks, 1);
+        else wg_ss_n128(s, dq + 2 * ks, dk + 2 * ks, 1);
     }
 }
 #endif
@@ -499,6 +535,215 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
 #endif
 }
 
+// ---- Hopper flash kernel with the softmax overlapped (wgmma, FlashAttention-3's intra-warpgroup pipelining) ------------
+//
+// flash_attn_wgmma_kernel waits for each product before the softmax, so inside a warpgroup the tensor cores and the
+// softmax never work at the same time. This kernel keeps two S accumulator sets: at key tile t it issues
+// S(t+1) = Q·K(t+1)ᵀ, runs the softmax of S(t) while the tensor cores compute S(t+1), and issues O += P(t)·V(t)
+// without waiting for it (tile t + 1 does). The softmax writes P to registers of its own, never into an S set; the
+// masks change S(t) in place, but only once S(t) has landed. Two orderings (OVPV):
+//   false: tile t waits for S(t) and for P(t−1)·V(t−1) before its softmax, which overlaps S(t+1);
+//   true:  tile t waits for S(t) alone; its softmax also overlaps P(t−1)·V(t−1), which still reads the P registers,
+//          so the exponentials go back into S(t) (f32, in place) and become P (bf16) once that product has completed,
+//          as in FlashAttention-3. (A second P register set instead did not work: ptxas gave both sets the same
+//          registers and moved the wait for P(t−1)·V(t−1) in front of the softmax.) Needs no more registers, but at
+//          128 keys the S sets, O and P leave too few for the wait to sit after the exponentials (spills), so only
+//          64-key tiles use it.
+// The key loop is unrolled by two so the S sets swap by compile-time indexing. ptxas (CUDA 13.0) serialised all
+// of the kernel's wgmmas (C7515) when S(t+1) was issued under a run-time condition (t + 1 < T), and again with the last
+// tile peeled off but an empty commit group standing in for its S, so the first and the last tile are separate
+// instantiations (FIRST, LAST) with constant wait counts and no empty groups.
+// Loads: the cp.async ring has NS = FA_OVL_STAGES stages, one barrier per tile as before. When tile t + NS − 2 starts
+// loading (tile t), tiles t − 1 (V still read by P(t−1)·V(t−1)), t and t + 1 are in use, so 4 is the least that works;
+// the fifth stage keeps the loads two tiles ahead, like the other kernels' 3-stage ring.
+#define FA_OVL_STAGES 5
+
+#if defined(SD3Q_WGMMA_DEVICE)
+// First half of the online softmax of this thread's two rows of an m64 tile (S only read): the new running maxima, the
+// exponent offsets muse and the factors corr that rescale O and the partial sums (fa_softmax's arithmetic).
+template <int NT>
+__device__ __forceinline__ void fa_ovl_max(const float (&s)[NT][4], float (&mrow)[2], float (&muse)[2], float (&corr)[2], float esc) {
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(mrow[hh], mx * esc), mu = mnew == -INFINITY ? 0.0f : mnew;
+        corr[hh] = exp2f(mrow[hh] - mu);
+        mrow[hh] = mnew;
+        muse[hh] = mu;
+    }
+}
+
+// Second half: P = 2^(s·esc − muse) and the partial sums rescaled by corr plus this tile's (summed in f32 before
+// rounding, like fa_softmax). P goes as bf16 straight into the A fragments of the P·V wgmma (k16 step kk = n8 tiles 2kk
+// and 2kk + 1), or with INPLACE as f32 back into s (fa_ovl_pack converts it later).
+template <int NT, bool INPLACE>
+__device__ __forceinline__ void fa_ovl_exp(float (&s)[NT][4], uint32_t (&pa)[NT / 2][4], float (&lrow)[2], const float (&muse)[2],
+                                           const float (&corr)[2], float esc) {
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float l = lrow[hh] * corr[hh];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse[hh])), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse[hh]));
+            l += p0 + p1;
+            if (INPLACE) {
+                s[nt][2 * hh]     = p0;
+                s[nt][2 * hh + 1] = p1;
+            } else {
+                pa[nt >> 1][((nt & 1) << 1) + hh] = pack_bf16(p0, p1);
+            }
+        }
+        lrow[hh] = l;
+    }
+}
+
+// P (f32, left in s by fa_ovl_exp<NT, true>) → the bf16 A fragments of the P·V wgmma.
+template <int NT> __device__ __forceinline__ void fa_ovl_pack(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        pa[nt >> 1][(nt & 1) << 1]       = pack_bf16(s[nt][0], s[nt][1]);
+        pa[nt >> 1][((nt & 1) << 1) + 1] = pack_bf16(s[nt][2], s[nt][3]);
+    }
+}
+
+// Key tile t of flash_attn_wgmma_ovl_kernel. On entry this warpgroup's pending wgmma groups are, oldest first, S(t)
+// into sc and (unless FIRST) O += P(t−1)·V(t−1); it issues S(t+1) into sn (unless LAST), runs the softmax of S(t) into
+// pa and issues O += P(t)·V(t).
+template <int BN, int NS, int NTHR, bool OVPV, bool FIRST, bool LAST>
+__device__ __forceinline__ void fa_ovl_tile(const fa_params & p, int t, int T, float (&sc)[BN / 8][4], float (&sn)[BN / 8][4],
+                                            uint32_t (&pa)[BN / 16][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], bf16 * sK,
+                                            bf16 * sV, float esc, int q0, int nq, int rbase, int b, int h, int tid, int lane) {
+    constexpr int NT = BN / 8, WG = NTHR / 128;
+    if (!LAST) {
+        cp_async_wait<NS - 4>();  // tile t + 1 landed for this thread's copies (the NS − 4 newer groups may still fly) ...
+        fence_proxy_async();      // ... visible to the tensor cores ...
+        __syncthreads();          // ... for everyone's; every warpgroup has also completed S(t−1) and P(t−2)·V(t−2) (its
+                                  // waits in tile t − 1), so stage (t − 2) % NS is free for tile t + NS − 2
+        if (t + NS - 2 < T) {
+            const int nb = (t + NS - 2) % NS;
+            // an opaque copy of tid: without it load_kv's per-thread offsets are hoisted out of the key loop and held in
+            // registers through the softmax, where the two S sets leave none to spare (spills at 128 keys)
+            int ltid = tid;
+            asm volatile("" : "+r"(ltid));
+            load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + NS - 2, b, h, ltid);
+        }
+        cp_async_commit();
+        // this warpgroup's Q rows (the Q tile lies just below the K ring), recomputed from %tid.x per tile for the same
+        // reason: a descriptor kept live across the loop is what spilled
+        unsigned tx;
+        asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tx));
+        const bf16 * qwg = sK - (WG - (int)(tx >> 7)) * 64 * FA_HD;
+        wg_fence();  // sn was read by the softmax of tile t − 1
+        wg_scores_z<BN>(&sn[0][0], qwg, sK + ((t + 1) % NS) * BN * FA_HD);
+        wg_commit();
+    }
+    if (OVPV) wg_wait<!FIRST + !LAST>();  // S(t) has landed; P(t−1)·V(t−1) and S(t+1) may still run
+    else wg_wait<!LAST>();                // S(t) and P(t−1)·V(t−1) have landed (pa and O are free); S(t+1) may still run
+
+    const fa_ktile kt = fa_key_tile<BN>(p, t);
+    if (kt.kvalid < BN || p.causal || p.bias) fa_mask<NT>(sc, p.bias, p.causal, p.sl2, p.L, kt.kvalid, kt.kglob, q0 + rbase, nq, h, lane);
+    float muse[2], corr[2];
+    fa_ovl_max<NT>(sc, mrow, muse, corr, esc);
+    fa_ovl_exp<NT, OVPV>(sc, pa, lrow, muse, corr, esc);
+    if (OVPV) {
+        // P(t−1)·V(t−1) done: pa and O are free. ptxas moves a plain wait_group to the top of its basic block, in front
+        // of the softmax, which would undo the overlap; a branch on the softmax's result keeps it after. Both arms are
+        // correct (lrow ≥ 0 unless the scores hold NaNs, and then the other arm waits for everything).
+        if (!FIRST) {
+            if (lrow[0] >= 0.0f) wg_wait<!LAST>();
+            else wg_wait<0>();
+        }
+        fa_ovl_pack<NT>(sc, pa);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+        o[nt][0] *= corr[0];
+        o[nt][1] *= corr[0];
+        o[nt][2] *= corr[1];
+        o[nt][3] *= corr[1];
+    }
+
+    // O += P·V: k16 step kk takes keys 16kk.. ; V rows of those keys start 2048 bytes apart
+    const uint64_t dv = wg_desc(sV + (t % NS) * BN * FA_HD);
+    wg_fence();  // O and pa were written above
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
+    wg_commit();
+}
+#endif
+
+// One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys in an NS-stage ring;
+// OVPV: the softmax also overlaps the previous tile's P·V (see above).
+template <int WG, int BN, int MINB, bool OVPV, int NS>
+__global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(const fa_params p) {
+#if defined(SD3Q_WGMMA_DEVICE)
+    static_assert(NS >= 4, "tiles t − 1 .. t + 1 are in use while tile t + NS − 2 loads");
+    constexpr int BM = WG * 64, NTHR = WG * 128, NT = BN / 8;
+    extern __shared__ __align__(1024) bf16 smem_wg[];
+    bf16 * sQ = smem_wg, * sK = smem_wg + BM * FA_HD, * sV = sK + NS * BN * FA_HD;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int h = blockIdx.y, b = blockIdx.z;
+    if (tid == 0 && (__cvta_generic_to_shared(smem_wg) & 1023)) __trap();  // the descriptors' swizzle needs 1024-byte tiles
+    const fa_qtile q = fa_query_tile<BM>(p, b, h);
+    if (!q.out) return;
+    const int T = p.kt0[p.nseg];
+    fa_prologue<BM, BN, NTHR, NS - 2>(p, q, sQ, sK, sV, T, b, h, tid);
+    float o[8][4], mrow[2], lrow[2];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
+    const float esc = p.bias ? 1.0f : p.sl2;
+    const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
+
+    cp_async_wait<NS - 3>();  // Q and tile 0 landed (tiles 1 .. NS − 3 may still fly)
+    fence_proxy_async();
+    __syncthreads();
+    float sA[NT][4], sB[NT][4];
+    uint32_t pa[NT / 2][4];
+    wg_fence();
+    wg_scores_z<BN>(&sA[0][0], sQ + wg * 64 * FA_HD, sK);
+    wg_commit();
+    // unrolled by two: even tiles score into sA, odd ones into sB; the first and the last tile are peeled off (no P·V
+    // before the first, no S after the last)
+#define FA_OVL_TILE(FIRST, LAST, tt, SC, SN) \
+    fa_ovl_tile<BN, NS, NTHR, OVPV, FIRST, LAST>(p, tt, T, SC, SN, pa, o, mrow, lrow, sK, sV, esc, q.q0, q.nq, rbase, b, h, tid, lane)
+    if (T == 1) {
+        FA_OVL_TILE(true, true, 0, sA, sB);
+    } else {
+        FA_OVL_TILE(true, false, 0, sA, sB);
+        int t = 1;
+        for (; t + 2 < T; t += 2) {
+            FA_OVL_TILE(false, false, t, sB, sA);
+            FA_OVL_TILE(false, false, t + 1, sA, sB);
+        }
+        if (t + 1 < T) {
+            FA_OVL_TILE(false, false, t, sB, sA);
+            FA_OVL_TILE(false, true, t + 1, sA, sB);
+        } else {
+            FA_OVL_TILE(false, true, t, sB, sA);
+        }
+    }
+#undef FA_OVL_TILE
+    wg_wait<0>();
+    cp_async_wait<0>();
+
+    // normalise; each warpgroup stages its own 64 rows of the bf16 tile in sQ; 16-byte stores
+    fa_stage_out(sQ, o, lrow, rbase, lane);
+    __syncthreads();
+    fa_store_out<BM, NTHR>(p, q, sQ, b, h, tid);
+#else
+    (void)p;
+    __trap();  // not built for sm_90a: the host never launches it
+#endif
+}
+
 // The flash variants (warps, m16 tiles per warp, keys per tile, blocks per SM): backend_cuda_set_attention_variant.
 struct fa_variant {
     void (*kernel)(const fa_params);
@@ -508,6 +753,8 @@ struct fa_variant {
 
 #define FA_V(W, M, N, B, Q) {flash_attn_kernel<W, M, N, B, Q>, W, M, N, fa_smem_bytes<W, M, N>(), 0}
 #define FA_W(G, N, B)       {flash_attn_wgmma_kernel<G, N, B>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N>(), 1}
+#define FA_O(G, N, B, OV) \
+    {flash_attn_wgmma_ovl_kernel<G, N, B, OV, FA_OVL_STAGES>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N, FA_OVL_STAGES>(), 1}
 // Measured on an H100 (docs/PERF.md): among the mma.sync kernels 0 is the fastest in the whole step (2 is within ±4%
 // of it alone at 1024² and 9% slower at 512²; 8 warps × 16 rows, 64-query tiles and a software-pipelined 16-row kernel
 // were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (alone 0.715 ms against 0.755 for 4 and 0.859 for
@@ -523,6 +770,12 @@ static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_W(2, 64, 2),             // 4: wgmma, 128 queries (2 warpgroups), 64-key tiles, 2 blocks per SM
     FA_W(2, 128, 1),            // 5: wgmma, 128 queries, 128-key tiles
     FA_W(3, 128, 1),            // 6: wgmma, 192 queries (3 warpgroups), 128-key tiles
+    // the wgmma kernel with the softmax overlapped (flash_attn_wgmma_ovl_kernel; not timed yet, never chosen by length):
+    FA_O(2, 128, 1, false),     // 7: 128 queries (2 warpgroups), 128-key tiles, softmax ‖ S of the next tile
+    FA_O(2, 64, 1, false),      // 8: 128 queries, 64-key tiles, softmax ‖ S of the next tile
+    FA_O(2, 64, 1, true),       // 9: 128 queries, 64-key tiles, softmax ‖ S of the next tile and the previous P·V
+    FA_O(3, 64, 1, true),       // 10: 192 queries (3 warpgroups), 64-key tiles, as 9
+    FA_O(1, 64, 2, true),       // 11: 64 queries (1 warpgroup), 64-key tiles, as 9, 2 blocks per SM
 };
 
 // Whether variant v can run on this backend's device (the wgmma ones need sm_90a code and a cc 9.0 device).
