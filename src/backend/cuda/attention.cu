@@ -16,7 +16,9 @@
  *
  * Hopper path (sm_90a builds on cc 9.0 devices): the same algorithm with the products on wgmma (see the kernel), and a
  * second wgmma kernel that overlaps the softmax of one key tile with the tensor-core products of its neighbours
- * (flash_attn_wgmma_ovl_kernel, variants 7–11).
+ * (flash_attn_wgmma_ovl_kernel, variants 7–11), and a third in which two warpgroups take turns on the tensor cores,
+ * the K/V stages published by mbarriers instead of a block-wide barrier per key tile (flash_attn_wgmma_pp_kernel,
+ * variant 12).
  *
  * General path (any head width, e.g. the VAE's 512, or misaligned buffers): per (batch, query segment, chunk of QB
  * query rows): cuBLAS computes the scaled scores of all heads for the chunk against every key segment into f32
@@ -460,6 +462,27 @@ template <int BN> __device__ __forceinline__ void wg_scores_z(float * s, const b
 }
 #endif
 
+#if defined(SD3Q_WGMMA_DEVICE)
+// Zeroes a warpgroup thread's O accumulator (one m64 row slice: 8 n8 tiles) and starts its online-softmax state.
+__device__ __forceinline__ void fa_wg_acc_init(float (&o)[8][4], float (&mrow)[2], float (&lrow)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
+}
+
+// Epilogue of the wgmma kernels: normalise O, stage each warpgroup's 64 rows as bf16 in sQ, then 16-byte stores.
+template <int BM, int NTHR>
+__device__ __forceinline__ void fa_wg_finish(const fa_params & p, const fa_qtile & q, bf16 * sQ, const float (&o)[8][4],
+                                             const float (&lrow)[2], int rbase, int b, int h, int tid) {
+    fa_stage_out(sQ, o, lrow, rbase, tid & 31);
+    __syncthreads();
+    fa_store_out<BM, NTHR>(p, q, sQ, b, h, tid);
+}
+#endif
+
 // One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys.
 template <int WG, int BN, int MINB>
 __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const fa_params p) {
@@ -476,12 +499,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
     const bf16 * qwg = sQ + wg * 64 * FA_HD;  // this warpgroup's 64 rows (8 KiB: stays 1024-byte aligned)
     float o[8][4], mrow[2], lrow[2];
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[nt][e] = 0.0f;
-    mrow[0] = mrow[1] = -INFINITY;
-    lrow[0] = lrow[1] = 0.0f;
+    fa_wg_acc_init(o, mrow, lrow);
     const float esc = p.bias ? 1.0f : p.sl2;
     const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
 
@@ -525,10 +543,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     }
     cp_async_wait<0>();
 
-    // normalise; each warpgroup stages its own 64 rows of the bf16 tile in sQ; 16-byte stores
-    fa_stage_out(sQ, o, lrow, rbase, lane);
-    __syncthreads();
-    fa_store_out<BM, NTHR>(p, q, sQ, b, h, tid);
+    fa_wg_finish<BM, NTHR>(p, q, sQ, o, lrow, rbase, b, h, tid);
 #else
     (void)p;
     __trap();  // not built for sm_90a: the host never launches it
@@ -693,12 +708,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(co
     const int T = p.kt0[p.nseg];
     fa_prologue<BM, BN, NTHR, NS - 2>(p, q, sQ, sK, sV, T, b, h, tid);
     float o[8][4], mrow[2], lrow[2];
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[nt][e] = 0.0f;
-    mrow[0] = mrow[1] = -INFINITY;
-    lrow[0] = lrow[1] = 0.0f;
+    fa_wg_acc_init(o, mrow, lrow);
     const float esc = p.bias ? 1.0f : p.sl2;
     const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
 
@@ -734,10 +744,188 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(co
     wg_wait<0>();
     cp_async_wait<0>();
 
-    // normalise; each warpgroup stages its own 64 rows of the bf16 tile in sQ; 16-byte stores
-    fa_stage_out(sQ, o, lrow, rbase, lane);
-    __syncthreads();
-    fa_store_out<BM, NTHR>(p, q, sQ, b, h, tid);
+    fa_wg_finish<BM, NTHR>(p, q, sQ, o, lrow, rbase, b, h, tid);
+#else
+    (void)p;
+    __trap();  // not built for sm_90a: the host never launches it
+#endif
+}
+
+// ---- Hopper flash kernel, inter-warpgroup ping-pong (wgmma, FlashAttention-3's warp specialisation) ------------------
+//
+// In the two kernels above one block-wide barrier per key tile publishes each K/V stage, so all warpgroups of a block
+// run their softmax at the same time and then all wait for the tensor cores. Here nothing in the key loop synchronises
+// the whole block:
+//   * K/V tiles go through an NS-stage ring with cp.async, every stage published by a "full" mbarrier (count 256:
+//     each thread arrives through cp.async.mbarrier.arrive.noinc once its own copies of the stage have landed) and
+//     freed by an "empty" one (count 8: one arrival per warp, once that warp's wgmmas reading the stage have completed).
+//     Use k of a stage (tile t = k·NS + stage) completes phase k of both, so "full" is waited on with parity k & 1 and
+//     "empty" (for the use before) with parity (k − 1) & 1.
+//   * the loads are issued by the two warpgroups themselves, half a tile each, NS − 3 tiles ahead: right after its turn
+//     for tile t (while S(t) is computed) a warpgroup loads tile t + NS − 3 into the stage of tile t − 3, which both
+//     warpgroups released during tile t − 2; the turns guarantee that the other warpgroup is past that point (its turn
+//     for tile t − 1 came before ours for tile t), so the "empty" wait does not block. Issued there, the copies are a
+//     whole tile old when the next tile's proxy fence runs, as in the other kernels. (A producer warp, 288 threads,
+//     leaves ptxas 168 registers per thread — three warps share a scheduler's 64 KiB — and spilled at 128 keys;
+//     FlashAttention-3 hands registers over with setmaxnreg, not done here.)
+//   * the two warpgroups (64 query rows each) take turns on the tensor cores through named barriers 1 (WG0's)
+//     and 2 (WG1's), 256 threads each: a warpgroup syncs on its own barrier, issues S(t) = Q·K(t)ᵀ together with
+//     O += P(t−1)·V(t−1), arrives on the other's barrier and runs the softmax of S(t) while the other warpgroup issues.
+//     WG1 arrives once on barrier 1 at the start so that WG0 goes first; both take T + 1 turns (T tiles and the last
+//     P·V) and WG1 skips its arrival after the last one, so every barrier instance gets exactly 256 threads.
+// cp.async writes go through the generic proxy and wgmma reads through the async proxy; the writes are observed by
+// each consumer thread through the "full" mbarrier (acquire), so that thread fences (fence.proxy.async) before issuing.
+// Within a warpgroup the softmax of S(t) also overlaps P(t−1)·V(t−1) (FlashAttention-3's order), so the exponentials go
+// into S in place and become P once that product has completed, as in variants 9–11. The first tile (no P·V before
+// it) is peeled off: ptxas serialises wgmmas issued under a run-time condition (C7515).
+#define FA_PP_STAGES 6
+
+#if defined(SD3Q_WGMMA_DEVICE)
+// Initialises an mbarrier (shared-memory address a) expecting n arrivals per phase.
+__device__ __forceinline__ void mbar_init(uint32_t a, int n) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(n) : "memory");
+}
+
+// One arrival (release semantics) on an mbarrier.
+__device__ __forceinline__ void mbar_arrive(uint32_t a) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a) : "memory");
+}
+
+// An arrival on an mbarrier made when all of this thread's earlier cp.async have completed (counts against the
+// expected arrivals: .noinc).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+
+// Waits (acquire semantics) until the phase of parity par of an mbarrier has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t par) {
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(a), "r"(par)
+                     : "memory");
+    } while (!done);
+}
+
+// Named barrier id over n threads: wait until all n have arrived or synced.
+__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
+// Named barrier id over n threads: arrive without waiting.
+__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
+// Issues O += P·V for one key tile (P in registers, V of the tile at vsm; k16 step kk takes V rows 16kk.., 2048 bytes apart).
+template <int BN> __device__ __forceinline__ void fa_pp_pv(float (&o)[8][4], const uint32_t (&pa)[BN / 16][4], const bf16 * vsm) {
+    const uint64_t dv = wg_desc(vsm);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
+    wg_commit();
+}
+
+// Issues this thread's share of the loads of key tile t (< T) of flash_attn_wgmma_pp_kernel into stage t % NS, once both
+// warpgroups have released that stage's previous tile, and its arrival on the stage's "full" mbarrier.
+template <int BN, int NS>
+__device__ __forceinline__ void fa_pp_load(const fa_params & p, int t, bf16 * sK, bf16 * sV, uint32_t bar, int b, int h, int tid) {
+    const int st = t % NS;
+    if (t >= NS) mbar_wait(bar + (NS + st) * 8, ((t / NS) - 1) & 1);
+    load_kv<BN, 256>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, t, b, h, tid);
+    mbar_arrive_cp_async(bar + st * 8);
+}
+
+// Key tile t of flash_attn_wgmma_pp_kernel for one warpgroup. On entry pa holds P(t−1) and O is rescaled for
+// it (unless FIRST). In this warpgroup's turn it issues S(t) and O += P(t−1)·V(t−1) and hands the turn over; then the
+// loads of tile t + NS − 3, the softmax of S(t), the wait for P(t−1)·V(t−1), the release of stage (t − 1) % NS, P(t)
+// into pa and O rescaled for it. bar: the "full" mbarriers, the "empty" ones 8·NS bytes above.
+template <int BN, int NS, bool FIRST>
+__device__ __forceinline__ void fa_pp_tile(const fa_params & p, int t, float (&s)[BN / 8][4], uint32_t (&pa)[BN / 16][4], float (&o)[8][4],
+                                           float (&mrow)[2], float (&lrow)[2], const bf16 * qwg, bf16 * sK, bf16 * sV,
+                                           uint32_t bar, float esc, int q0, int nq, int rbase, int T, int b, int h, int tid, int mine,
+                                           int other) {
+    constexpr int NT = BN / 8;
+    mbar_wait(bar + (t % NS) * 8, (t / NS) & 1);  // tile t has landed (everyone's copies) ...
+    fence_proxy_async();                           // ... and is visible to this thread's wgmmas
+    named_sync(mine, 256);                         // our turn on the tensor cores
+    wg_fence();                                    // s, pa and O were written by the previous tile's softmax
+    wg_scores_z<BN>(&s[0][0], qwg, sK + (t % NS) * BN * FA_HD);
+    wg_commit();
+    if (!FIRST) fa_pp_pv<BN>(o, pa, sV + ((t - 1) % NS) * BN * FA_HD);
+    named_arrive(other, 256);  // the other warpgroup's turn, while this one waits for S(t) and runs its softmax
+    if (t + NS - 3 < T) fa_pp_load<BN, NS>(p, t + NS - 3, sK, sV, bar, b, h, tid);  // into the stage of tile t − 3
+    wg_wait<FIRST ? 0 : 1>();  // S(t) has landed; P(t−1)·V(t−1) may still run
+    const int lane = tid & 31;
+
+    const fa_ktile kt = fa_key_tile<BN>(p, t);
+    if (kt.kvalid < BN || p.causal || p.bias) fa_mask<NT>(s, p.bias, p.causal, p.sl2, p.L, kt.kvalid, kt.kglob, q0 + rbase, nq, h, lane);
+    float muse[2], corr[2];
+    fa_ovl_max<NT>(s, mrow, muse, corr, esc);
+    fa_ovl_exp<NT, true>(s, pa, lrow, muse, corr, esc);
+    if (!FIRST) {
+        // P(t−1)·V(t−1) done: pa, O and stage (t − 1) % NS are free. A plain wait_group is moved by ptxas to the top of
+        // its basic block, in front of the softmax (see fa_ovl_tile); the branch on the softmax's result keeps it after.
+        // The arms differ (a PTX comment) so that the front end does not merge them into one unconditional wait.
+        if (lrow[0] >= 0.0f) wg_wait<0>();
+        else asm volatile("wgmma.wait_group.sync.aligned 0; // NaN scores\n" ::: "memory");
+        if (lane == 0) mbar_arrive(bar + (NS + (t - 1) % NS) * 8);  // one arrival per warp: its wgmmas are done
+    }
+    fa_ovl_pack<NT>(s, pa);
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+        o[nt][0] *= corr[0];
+        o[nt][1] *= corr[0];
+        o[nt][2] *= corr[1];
+        o[nt][3] *= corr[1];
+    }
+}
+#endif
+
+// One block: 128 query rows (two warpgroups in ping-pong) of one (query tile, head, batch); key tiles of BN keys in an
+// NS-stage ring published by mbarriers (see above).
+template <int BN, int NS>
+__global__ void __launch_bounds__(256, 1) flash_attn_wgmma_pp_kernel(const fa_params p) {
+#if defined(SD3Q_WGMMA_DEVICE)
+    static_assert(NS >= 4, "tile t + NS − 3 loads into the stage of tile t − 3");
+    constexpr int BM = 128, NT = BN / 8;
+    extern __shared__ __align__(1024) bf16 smem_wg[];
+    bf16 * sQ = smem_wg, * sK = smem_wg + BM * FA_HD, * sV = sK + NS * BN * FA_HD;
+    const uint32_t bar = (uint32_t)__cvta_generic_to_shared(sV + NS * BN * FA_HD);  // NS "full" mbarriers, NS "empty" ones
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int h = blockIdx.y, b = blockIdx.z;
+    if (tid == 0 && (__cvta_generic_to_shared(smem_wg) & 1023)) __trap();  // the descriptors' swizzle needs 1024-byte tiles
+    const fa_qtile q = fa_query_tile<BM>(p, b, h);
+    if (!q.out) return;
+    const int T = p.kt0[p.nseg];
+    if (tid == 0)
+        for (int st = 0; st < NS; st++) {
+            mbar_init(bar + st * 8, 256);       // full: every thread's copies
+            mbar_init(bar + (NS + st) * 8, 8);  // empty: every warp's wgmmas
+        }
+    __syncthreads();  // the mbarriers are initialised before anyone arrives on them
+    fa_prologue<BM, BN, 256, 0>(p, q, sQ, sK, sV, T, b, h, tid);  // Q (one commit group)
+    for (int t = 0; t < NS - 3 && t < T; t++) fa_pp_load<BN, NS>(p, t, sK, sV, bar, b, h, tid);  // tiles 0 .. NS − 4; tile t loads t + NS − 3
+    cp_async_wait<0>();  // Q has landed (the key tiles are tracked by their mbarriers, not by commit groups) ...
+    fence_proxy_async();
+    __syncthreads();     // ... for everyone's copies; no block-wide barrier after this one but at the output
+
+    const int mine = 1 + wg, other = 2 - wg;  // named barriers 1 (WG0's turn) and 2 (WG1's)
+    const bf16 * qwg = sQ + wg * 64 * FA_HD;
+    float o[8][4], mrow[2], lrow[2], s[NT][4];
+    uint32_t pa[NT / 2][4];
+    fa_wg_acc_init(o, mrow, lrow);
+    const float esc = p.bias ? 1.0f : p.sl2;
+    const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
+
+    if (wg == 1) named_arrive(1, 256);  // WG0 takes the first turn
+    fa_pp_tile<BN, NS, true>(p, 0, s, pa, o, mrow, lrow, qwg, sK, sV, bar, esc, q.q0, q.nq, rbase, T, b, h, tid, mine, other);
+    for (int t = 1; t < T; t++)
+        fa_pp_tile<BN, NS, false>(p, t, s, pa, o, mrow, lrow, qwg, sK, sV, bar, esc, q.q0, q.nq, rbase, T, b, h, tid, mine, other);
+    // the last turn: P(T−1)·V(T−1); WG0 still hands the turn over (WG1 syncs T + 1 times), WG1 does not (WG0 is done)
+    named_sync(mine, 256);
+    wg_fence();
+    fa_pp_pv<BN>(o, pa, sV + ((T - 1) % NS) * BN * FA_HD);
+    if (wg == 0) named_arrive(other, 256);
+    wg_wait<0>();
+
+    fa_wg_finish<BM, 256>(p, q, sQ, o, lrow, rbase, b, h, tid);
 #else
     (void)p;
     __trap();  // not built for sm_90a: the host never launches it
@@ -755,6 +943,8 @@ struct fa_variant {
 #define FA_W(G, N, B)       {flash_attn_wgmma_kernel<G, N, B>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N>(), 1}
 #define FA_O(G, N, B, OV) \
     {flash_attn_wgmma_ovl_kernel<G, N, B, OV, FA_OVL_STAGES>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N, FA_OVL_STAGES>(), 1}
+// the ping-pong kernel (two warpgroups): 2·NS mbarriers of 8 bytes after the tiles
+#define FA_P(N) {flash_attn_wgmma_pp_kernel<N, FA_PP_STAGES>, 8, 1, N, fa_smem_bytes<8, 1, N, FA_PP_STAGES>() + 16 * FA_PP_STAGES, 1}
 // Measured on an H100 (docs/PERF.md): among the mma.sync kernels 0 is the fastest in the whole step (2 is within ±4%
 // of it alone at 1024² and 9% slower at 512²; 8 warps × 16 rows, 64-query tiles and a software-pipelined 16-row kernel
 // were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (alone 0.715 ms against 0.755 for 4 and 0.859 for
@@ -770,12 +960,16 @@ static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_W(2, 64, 2),             // 4: wgmma, 128 queries (2 warpgroups), 64-key tiles, 2 blocks per SM
     FA_W(2, 128, 1),            // 5: wgmma, 128 queries, 128-key tiles
     FA_W(3, 128, 1),            // 6: wgmma, 192 queries (3 warpgroups), 128-key tiles
-    // the wgmma kernel with the softmax overlapped (flash_attn_wgmma_ovl_kernel; not timed yet, never chosen by length):
+    // the wgmma kernel with the softmax overlapped (flash_attn_wgmma_ovl_kernel; never chosen by length: on an H100 none
+    // beat 4 or 6, docs/PERF.md):
     FA_O(2, 128, 1, false),     // 7: 128 queries (2 warpgroups), 128-key tiles, softmax ‖ S of the next tile
     FA_O(2, 64, 1, false),      // 8: 128 queries, 64-key tiles, softmax ‖ S of the next tile
     FA_O(2, 64, 1, true),       // 9: 128 queries, 64-key tiles, softmax ‖ S of the next tile and the previous P·V
     FA_O(3, 64, 1, true),       // 10: 192 queries (3 warpgroups), 64-key tiles, as 9
     FA_O(1, 64, 2, true),       // 11: 64 queries (1 warpgroup), 64-key tiles, as 9, 2 blocks per SM
+    // two warpgroups in ping-pong, K/V stages published by mbarriers (flash_attn_wgmma_pp_kernel; never chosen by
+    // length: on an H200 slower than 6, docs/PERF.md):
+    FA_P(128),                  // 12: 128 queries, 128-key tiles, one warpgroup's softmax ‖ the other's products
 };
 
 // Whether variant v can run on this backend's device (the wgmma ones need sm_90a code and a cc 9.0 device).
