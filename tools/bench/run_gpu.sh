@@ -6,8 +6,9 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit to those parts). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
-# weights) with the low_memory policy and entirely resident, reporting device memory (bench-pipeline).
+# [lowmem] [ncu] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit to those parts). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
+# weights) with the low_memory policy and entirely resident, reporting device memory (bench-pipeline). ncu: Nsight
+# Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper attention kernel at 1024².
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
 G=${G:-.gpu}
@@ -62,6 +63,19 @@ for st in $steps; do
         bench) run bench 300 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors ;;
         notune) SD3Q_CUDA_NO_TUNE=1 run bench-notune 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
+        ncu)  # Nsight Compute on one launch of each Hopper attention kernel at 1024² (NCU_KERNELS: name regexes; the
+              # first launch of each in bench-cuda-mmdit: 6 runs in the step, 7 and 12 in its loop over the variants)
+            NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
+            # tensor-core (wgmma), exponential (xu), FMA and ALU pipe utilisation
+            PIPES=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active
+            for k in ${NCU_KERNELS:-flash_attn_wgmma_kernelILi3ELi128 flash_attn_wgmma_ovl_kernelILi2ELi128 flash_attn_wgmma_pp}; do
+                run "ncu-${k:11:14}" 200 "$NCU" --target-processes all --kernel-name-base mangled -k "regex:$k" -c 1 \
+                    --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+                    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --metrics "${NCU_METRICS:-$PIPES}" \
+                    "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 \
+                    --no-profile --reps 1 --warmup 1
+            done
+            cat "$OUT"/ncu-*.log > "$OUT/ncu.txt" 2>/dev/null; rm -f "$OUT"/ncu-*.log ;;
         torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
         nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
         lowmem)
