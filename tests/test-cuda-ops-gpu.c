@@ -399,7 +399,7 @@ static void one_attention(int64_t B, int64_t NH, int64_t HD, int nseg, const int
 // general path for other head widths.
 static void test_attention(void) {
     const int64_t j1[2] = {200, 77}, j2[2] = {256, 64}, j3[2] = {1024, 333}, j4[2] = {50, 13}, j5[3] = {70, 33, 9}, j6[2] = {15, 7};
-    const int64_t c1[1] = {77}, c2[1] = {45}, c3[1] = {300}, c4[1] = {129}, j7[2] = {1971, 77};
+    const int64_t c1[1] = {77}, c2[1] = {45}, c3[1] = {300}, c4[1] = {129}, j7[2] = {BACKEND_CUDA_FA_AUTO_SPLIT - 77, 77};
     int v0 = backend_cuda_set_attention_variant(bk, -1);  // BACKEND_CUDA_FA_AUTO unless $SD3Q_CUDA_FA forces one
     int vs = backend_cuda_attention_variant_for(bk, BACKEND_CUDA_FA_AUTO_SPLIT - 1);
     int vl = backend_cuda_attention_variant_for(bk, BACKEND_CUDA_FA_AUTO_SPLIT);
@@ -427,7 +427,7 @@ static void test_attention(void) {
     backend_cuda_set_attention_variant(bk, v0);  // the default again (the choice by length unless $SD3Q_CUDA_FA forced one)
     printf("  flash default (%d tokens: variant %d, %d: variant %d)\n", BACKEND_CUDA_FA_AUTO_SPLIT - 1, vs, BACKEND_CUDA_FA_AUTO_SPLIT, vl);
     one_attention(1, 2, 64, 2, j3, 1, 0, 0);   // 1357 tokens: below the split
-    one_attention(1, 2, 64, 2, j7, 1, 0, 0);   // 2048 tokens: at the split
+    one_attention(1, 2, 64, 2, j7, 1, 0, 0);   // at the split
     one_attention(2, 2, 80, 2, j4, 1, 0, 0);   // general path: head width 80, joint
     one_attention(1, 1, 512, 1, c3, 1, 0, 0);  // general path: the VAE's single 512-wide head
     one_attention(1, 3, 32, 1, c2, 1, 1, 1);   // general path: causal + bias

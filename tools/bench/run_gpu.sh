@@ -60,7 +60,7 @@ for st in $steps; do
             else
                 run mmdit 240 "$G/bin/test-cuda-mmdit-gpu"
             fi ;;
-        bench) run bench 300 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors ;;
+        bench) run bench 300 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors ${BENCH_ARGS:-} ;;  # e.g. BENCH_ARGS="--res 640,768 --steps 0"
         notune) SD3Q_CUDA_NO_TUNE=1 run bench-notune 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         ncu)  # Nsight Compute on one launch of each Hopper attention kernel at 1024² (NCU_KERNELS: name regexes; the

@@ -949,8 +949,10 @@ struct fa_variant {
 // of it alone at 1024² and 9% slower at 512²; 8 warps × 16 rows, 64-query tiles and a software-pipelined 16-row kernel
 // were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (alone 0.715 ms against 0.755 for 4 and 0.859 for
 // 0) and 4 at 512² (0.086 ms against 0.090 for 6; the whole CFG step 10.41 ms against 10.70 with 6, in the same run).
-// So by default (BACKEND_CUDA_FA_AUTO) cuda_attention_pick takes 4 below FA_SPLIT_L = 2048 joint tokens (512²: 1357)
-// and 6 from there on (1024²: 4429); lengths between the two were not timed. $SD3Q_CUDA_FA or
+// Between the two (fourth session, one H100, attention alone): 4 is as fast as 6 at 1933 joint tokens (640²) and
+// faster at 2269 and 2637 (704², 768²: 0.238 / 0.294 ms against 0.242 / 0.304), 6 faster at 3469 (896²: 0.720 against
+// 0.754). So by default (BACKEND_CUDA_FA_AUTO) cuda_attention_pick takes 4 below FA_SPLIT_L = 3072 joint tokens and 6
+// from there on. None of the overlapped variants 7–12 wins at any measured length. $SD3Q_CUDA_FA or
 // backend_cuda_set_attention_variant force one variant for every length.
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles

@@ -37,7 +37,7 @@ const void * backend_cuda_weight(struct backend * bk, const struct wt * w);
 // on cc 9.0 with sm_90a code the 128-query wgmma kernel below BACKEND_CUDA_FA_AUTO_SPLIT tokens and the 192-query one
 // from there on, elsewhere the mma.sync kernel (attention.cu says what was measured).
 #define BACKEND_CUDA_FA_AUTO       (-2)
-#define BACKEND_CUDA_FA_AUTO_SPLIT 2048
+#define BACKEND_CUDA_FA_AUTO_SPLIT 3072
 
 // Selects the flash-attention kernel variant v (0 .. backend_cuda_attention_variants() − 1, see attention.cu; for
 // tuning and tests) or BACKEND_CUDA_FA_AUTO; returns the previous setting (a variant or BACKEND_CUDA_FA_AUTO), or -1
