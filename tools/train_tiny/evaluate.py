@@ -42,13 +42,19 @@ SETS = {"heldout": os.path.join(HERE, "captions_heldout.txt"),
 SEED0 = 1000
 
 
-def evaluate(pipe, captions, cfg, steps=sample.DEFAULT_STEPS, size=128, batch=25, save=None):
-    seeds = [SEED0 + i for i in range(len(captions))]
-    imgs = sample.generate(pipe, captions, seeds, steps, cfg, size, batch)
-    res = [adherence.check(im, c) for im, c in zip(imgs, captions)]
-    if save:
-        sample.save_images(imgs, captions, save)
-    return adherence.summarise(res), res, imgs
+def evaluate(pipe, vaes, captions, cfg, steps=sample.DEFAULT_STEPS, size=128, batch=25, save=None):
+    """Generates the captions' latents once and scores their images as decoded by each (name, vae) of vaes (for pipe.vae
+    the pipeline's own images). -> [(name, summary, per-image results)]; images saved under save
+    (save_vae1, ... for the further decoders)."""
+    lat = sample.generate_latents(pipe, captions, [SEED0 + i for i in range(len(captions))], steps, cfg, size, batch)
+    runs = []
+    for k, (name, vae) in enumerate(vaes):
+        imgs = sample.decode_latents(vae, lat)
+        res = [adherence.check(im, c) for im, c in zip(imgs, captions)]
+        if save:
+            sample.save_images(imgs, captions, save + ("_vae%d" % k if k else ""))
+        runs.append((name, adherence.summarise(res), res))
+    return runs
 
 
 def load_vae(d, pipe):
@@ -87,19 +93,7 @@ def main():
         for cfg in a.cfg:
             t0 = time.time()
             save = os.path.join(a.save, "%s_cfg%g" % (s, cfg)) if a.save else None
-            if len(vaes) == 1:
-                summ, res, _ = evaluate(pipe, caps, cfg, a.steps, a.size, a.batch, save)
-                runs = [("model", summ, res)]
-            else:
-                lat = sample.generate_latents(pipe, caps, [SEED0 + i for i in range(len(caps))], a.steps, cfg,
-                                              a.size, a.batch)
-                runs = []
-                for k, (name, vae) in enumerate(vaes):
-                    imgs = sample.decode_latents(vae, lat)
-                    res = [adherence.check(im, c) for im, c in zip(imgs, caps)]
-                    if save:
-                        sample.save_images(imgs, caps, save + ("_vae%d" % k if k else ""))
-                    runs.append((name, adherence.summarise(res), res))
+            runs = evaluate(pipe, vaes, caps, cfg, a.steps, a.size, a.batch, save)
             for name, summ, res in runs:
                 summ.update(set=s, cfg=cfg, steps=a.steps, size=a.size, seconds=round(time.time() - t0, 1),
                             device=a.device, vae=name)
