@@ -18,7 +18,9 @@
  * second wgmma kernel that overlaps the softmax of one key tile with the tensor-core products of its neighbours
  * (flash_attn_wgmma_ovl_kernel, variants 7–11), and a third in which two warpgroups take turns on the tensor cores,
  * the K/V stages published by mbarriers instead of a block-wide barrier per key tile (flash_attn_wgmma_pp_kernel,
- * variant 12).
+ * variant 12). The first two also come with TMA loads (variants 13–20, the default): one thread copies each K/V tile
+ * through a tensor map per segment (fa_params.kv: [B][n][3·D] bf16, 64-column boxes with the 128-byte swizzle, rows
+ * past the segment's end zero-filled) and arms the stage's mbarrier, which everyone waits on before the block barrier.
  *
  * General path (any head width, e.g. the VAE's 512, or misaligned buffers): per (batch, query segment, chunk of QB
  * query rows): cuBLAS computes the scaled scores of all heads for the chunk against every key segment into f32
@@ -26,6 +28,7 @@
  * probabilities, cuBLAS multiplies them with V into f32 [NH, QB, HD], and a last kernel writes the bf16 output.
  * The scratch holds QB rows of scores, never L×L.
  */
+#include <cuda.h>  // CUtensorMap (the driver function is fetched through the runtime: no libcuda link)
 #include <math.h>
 
 #include "backend/cuda/cuda-internal.h"
@@ -47,6 +50,7 @@ struct fa_params {
     float        sl2;              // scale·log2(e)
     int          causal;
     const bf16 * bias;             // [NH, L, L] or NULL
+    CUtensorMap  kv[FA_SEG];       // TMA variants: segment s's qkv as [B][n][3·D] bf16, boxes of BN rows × 64 columns
 };
 
 // ---- PTX helpers -------------------------------------------------------------------------------------------------------
@@ -139,10 +143,10 @@ template <int BM> __device__ __forceinline__ fa_qtile fa_query_tile(const fa_par
     return q;
 }
 
-// Issues the loads of the Q tile (one commit group) and of the first PRE key tiles (one group each, into stages 0..PRE−1).
-template <int BM, int BN, int NTHR, int PRE = FA_STAGES - 1>
-__device__ __forceinline__ void fa_prologue(const fa_params & p, const fa_qtile & q, bf16 * sQ, bf16 * sK, bf16 * sV, int T, int b,
-                                            int h, int tid) {
+// Issues the cp.async loads of the Q tile (BM rows of this block's (batch, head); zero past the segment's end), one
+// commit group.
+template <int BM, int NTHR>
+__device__ __forceinline__ void fa_load_q(const fa_params & p, const fa_qtile & q, bf16 * sQ, int tid) {
     const int64_t ld = 3 * p.D;
     for (int i = tid; i < BM * 8; i += NTHR) {
         const int r = i >> 3, ch = i & 7, row = q.q0 + r;
@@ -150,6 +154,13 @@ __device__ __forceinline__ void fa_prologue(const fa_params & p, const fa_qtile 
         cp_async16(sQ + swz(r, ch), q.qbase + (int64_t)(ok ? row : 0) * ld + ch * 8, ok);
     }
     cp_async_commit();
+}
+
+// Issues the loads of the Q tile (one commit group) and of the first PRE key tiles (one group each, into stages 0..PRE−1).
+template <int BM, int BN, int NTHR, int PRE = FA_STAGES - 1>
+__device__ __forceinline__ void fa_prologue(const fa_params & p, const fa_qtile & q, bf16 * sQ, bf16 * sK, bf16 * sV, int T, int b,
+                                            int h, int tid) {
+    fa_load_q<BM, NTHR>(p, q, sQ, tid);
 #pragma unroll
     for (int st = 0; st < PRE; st++) {
         if (st < T) load_kv<BN, NTHR>(p, sK + st * BN * FA_HD, sV + st * BN * FA_HD, st, b, h, tid);
@@ -397,6 +408,50 @@ template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma
 // Orders this thread's completed generic-proxy writes to shared memory (cp.async) before later async-proxy reads (wgmma).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// Initialises an mbarrier (shared-memory address a) expecting n arrivals per phase.
+__device__ __forceinline__ void mbar_init(uint32_t a, int n) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(n) : "memory");
+}
+
+// One arrival (release semantics) on an mbarrier.
+__device__ __forceinline__ void mbar_arrive(uint32_t a) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a) : "memory");
+}
+
+// An arrival on an mbarrier made when all of this thread's earlier cp.async have completed (counts against the
+// expected arrivals: .noinc).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+
+// Waits (acquire semantics) until the phase of parity par of an mbarrier has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t par) {
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(a), "r"(par)
+                     : "memory");
+    } while (!done);
+}
+
+// Announces tx bytes that the async proxy (TMA) will complete on an mbarrier, with this thread's arrival.
+__device__ __forceinline__ void mbar_expect_tx(uint32_t a, uint32_t tx) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(a), "r"(tx) : "memory");
+}
+
+// Makes initialised mbarriers visible to the async proxy (TMA completes transactions on them).
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+
+// TMA: copies the box at coordinates (c0, c1, c2) of the tensor map into shared memory at dst, completing its bytes on
+// the mbarrier at bar. The map must live in parameter (__grid_constant__), constant or global memory.
+__device__ __forceinline__ void tma_load_3d(void * dst, const CUtensorMap * map, int c0, int c1, int c2, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
+                 ::"r"((uint32_t)__cvta_generic_to_shared(dst)), "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+}
+
+
 // d[64×64] (f32, the m64n64 accumulator fragment) {=, +=} A[64×16] · B[16×64]: A and B K-major in shared memory.
 __device__ __forceinline__ void wg_ss_n64(float * d, uint64_t da, uint64_t db, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -483,20 +538,52 @@ __device__ __forceinline__ void fa_wg_finish(const fa_params & p, const fa_qtile
 }
 #endif
 
-// One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys.
-template <int WG, int BN, int MINB>
-__global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const fa_params p) {
+#if defined(SD3Q_WGMMA_DEVICE)
+// Issues the TMA loads of key tile t (BN K rows and BN V rows of one (batch, head), zero past the segment's end) into
+// sk / sv with the 128-byte swizzle (the layout of swz and the descriptors), and arms the stage's mbarrier for their bytes.
+template <int BN>
+__device__ __forceinline__ void fa_tma_kv(const fa_params & p, int t, bf16 * sk, bf16 * sv, uint32_t bar, int b, int h) {
+    int s = 0;
+    while (s + 1 < p.nseg && t >= p.kt0[s + 1]) s++;
+    const int j0 = (t - p.kt0[s]) * BN, col = (int)p.D + h * FA_HD;
+    mbar_expect_tx(bar, 2 * BN * FA_HD * (int)sizeof(bf16));
+    tma_load_3d(sk, &p.kv[s], col, j0, b, bar);
+    tma_load_3d(sv, &p.kv[s], col + (int)p.D, j0, b, bar);
+}
+#endif
+
+// One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys in an NS-stage ring.
+// TMA: the K/V tiles are loaded by one thread through the tensor maps (fa_tma_kv) and published by one mbarrier per
+// stage, instead of cp.async copies issued by every thread (≈ 240 of the ≈ 690 instructions per warp and key tile at
+// 1024², which the softmax's warps then cannot issue).
+template <int WG, int BN, int MINB, bool TMA, int NS>
+__global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const __grid_constant__ fa_params p) {
 #if defined(SD3Q_WGMMA_DEVICE)
     constexpr int BM = WG * 64, NTHR = WG * 128, NT = BN / 8;
+    static_assert(TMA || NS == FA_STAGES, "the cp.async ring has FA_STAGES stages");
     extern __shared__ __align__(1024) bf16 smem_wg[];
-    bf16 * sQ = smem_wg, * sK = smem_wg + BM * FA_HD, * sV = sK + FA_STAGES * BN * FA_HD;
+    bf16 * sQ = smem_wg, * sK = smem_wg + BM * FA_HD, * sV = sK + NS * BN * FA_HD;
+    const uint32_t bar = (uint32_t)__cvta_generic_to_shared(sV + NS * BN * FA_HD);  // TMA: NS "full" mbarriers
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int h = blockIdx.y, b = blockIdx.z;
     if (tid == 0 && (__cvta_generic_to_shared(smem_wg) & 1023)) __trap();  // the descriptors' swizzle needs 1024-byte tiles
     const fa_qtile q = fa_query_tile<BM>(p, b, h);
     if (!q.out) return;
     const int nq = q.nq, q0 = q.q0, T = p.kt0[p.nseg];
-    fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
+    if (TMA) {
+        if (tid == 0) {
+            for (int st = 0; st < NS; st++) mbar_init(bar + st * 8, 1);
+            fence_mbar_init();
+        }
+        fa_load_q<BM, NTHR>(p, q, sQ, tid);
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();  // Q landed for everyone; the mbarriers are initialised
+        if (tid == 0)
+            for (int st = 0; st < NS - 1 && st < T; st++) fa_tma_kv<BN>(p, st, sK + st * BN * FA_HD, sV + st * BN * FA_HD, bar + st * 8, b, h);
+    } else {
+        fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
+    }
     const bf16 * qwg = sQ + wg * 64 * FA_HD;  // this warpgroup's 64 rows (8 KiB: stays 1024-byte aligned)
     float o[8][4], mrow[2], lrow[2];
     fa_wg_acc_init(o, mrow, lrow);
@@ -504,15 +591,24 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
 
     for (int t = 0; t < T; t++) {
-        cp_async_wait<FA_STAGES - 2>();  // tile t (and Q) landed for this thread's copies ...
-        fence_proxy_async();             // ... visible to the tensor cores ...
-        __syncthreads();                 // ... for everyone's copies; every warpgroup is done with tile t − 1
-        if (t + FA_STAGES - 1 < T) {
-            const int nb = (t + FA_STAGES - 1) % FA_STAGES;
-            load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + FA_STAGES - 1, b, h, tid);
+        if (TMA) {
+            mbar_wait(bar + (t % NS) * 8, (t / NS) & 1);  // tile t landed (use t / NS of its stage) ...
+            __syncthreads();  // ... and every warpgroup is done with tile t − 1, whose stage the next load refills
+            if (tid == 0 && t + NS - 1 < T) {
+                const int nb = (t + NS - 1) % NS;
+                fa_tma_kv<BN>(p, t + NS - 1, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, bar + nb * 8, b, h);
+            }
+        } else {
+            cp_async_wait<FA_STAGES - 2>();  // tile t (and Q) landed for this thread's copies ...
+            fence_proxy_async();             // ... visible to the tensor cores ...
+            __syncthreads();                 // ... for everyone's copies; every warpgroup is done with tile t − 1
+            if (t + FA_STAGES - 1 < T) {
+                const int nb = (t + FA_STAGES - 1) % FA_STAGES;
+                load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + FA_STAGES - 1, b, h, tid);
+            }
+            cp_async_commit();
         }
-        cp_async_commit();
-        const bf16 * ksm = sK + (t % FA_STAGES) * BN * FA_HD, * vsm = sV + (t % FA_STAGES) * BN * FA_HD;
+        const bf16 * ksm = sK + (t % NS) * BN * FA_HD, * vsm = sV + (t % NS) * BN * FA_HD;
 
         float s[NT][4];
         wg_fence();
@@ -541,7 +637,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         wg_commit();
         wg_wait0();
     }
-    cp_async_wait<0>();
+    if (!TMA) cp_async_wait<0>();
 
     fa_wg_finish<BM, NTHR>(p, q, sQ, o, lrow, rbase, b, h, tid);
 #else
@@ -628,25 +724,35 @@ template <int NT> __device__ __forceinline__ void fa_ovl_pack(const float (&s)[N
 // Key tile t of flash_attn_wgmma_ovl_kernel. On entry this warpgroup's pending wgmma groups are, oldest first, S(t)
 // into sc and (unless FIRST) O += P(t−1)·V(t−1); it issues S(t+1) into sn (unless LAST), runs the softmax of S(t) into
 // pa and issues O += P(t)·V(t).
-template <int BN, int NS, int NTHR, bool OVPV, bool FIRST, bool LAST>
+template <int BN, int NS, int NTHR, bool OVPV, bool TMA, bool FIRST, bool LAST>
 __device__ __forceinline__ void fa_ovl_tile(const fa_params & p, int t, int T, float (&sc)[BN / 8][4], float (&sn)[BN / 8][4],
                                             uint32_t (&pa)[BN / 16][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], bf16 * sK,
-                                            bf16 * sV, float esc, int q0, int nq, int rbase, int b, int h, int tid, int lane) {
+                                            bf16 * sV, uint32_t bar, float esc, int q0, int nq, int rbase, int b, int h, int tid,
+                                            int lane) {
     constexpr int NT = BN / 8, WG = NTHR / 128;
     if (!LAST) {
-        cp_async_wait<NS - 4>();  // tile t + 1 landed for this thread's copies (the NS − 4 newer groups may still fly) ...
-        fence_proxy_async();      // ... visible to the tensor cores ...
-        __syncthreads();          // ... for everyone's; every warpgroup has also completed S(t−1) and P(t−2)·V(t−2) (its
-                                  // waits in tile t − 1), so stage (t − 2) % NS is free for tile t + NS − 2
-        if (t + NS - 2 < T) {
-            const int nb = (t + NS - 2) % NS;
-            // an opaque copy of tid: without it load_kv's per-thread offsets are hoisted out of the key loop and held in
-            // registers through the softmax, where the two S sets leave none to spare (spills at 128 keys)
-            int ltid = tid;
-            asm volatile("" : "+r"(ltid));
-            load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + NS - 2, b, h, ltid);
+        if (TMA) {
+            mbar_wait(bar + ((t + 1) % NS) * 8, ((t + 1) / NS) & 1);  // tile t + 1 landed ...
+            __syncthreads();  // ... and stage (t − 2) % NS is free (as below)
+            if (tid == 0 && t + NS - 2 < T) {
+                const int nb = (t + NS - 2) % NS;
+                fa_tma_kv<BN>(p, t + NS - 2, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, bar + nb * 8, b, h);
+            }
+        } else {
+            cp_async_wait<NS - 4>();  // tile t + 1 landed for this thread's copies (the NS − 4 newer groups may still fly) ...
+            fence_proxy_async();      // ... visible to the tensor cores ...
+            __syncthreads();          // ... for everyone's; every warpgroup has also completed S(t−1) and P(t−2)·V(t−2) (its
+                                      // waits in tile t − 1), so stage (t − 2) % NS is free for tile t + NS − 2
+            if (t + NS - 2 < T) {
+                const int nb = (t + NS - 2) % NS;
+                // an opaque copy of tid: without it load_kv's per-thread offsets are hoisted out of the key loop and held
+                // in registers through the softmax, where the two S sets leave none to spare (spills at 128 keys)
+                int ltid = tid;
+                asm volatile("" : "+r"(ltid));
+                load_kv<BN, NTHR>(p, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, t + NS - 2, b, h, ltid);
+            }
+            cp_async_commit();
         }
-        cp_async_commit();
         // this warpgroup's Q rows (the Q tile lies just below the K ring), recomputed from %tid.x per tile for the same
         // reason: a descriptor kept live across the loop is what spilled
         unsigned tx;
@@ -693,27 +799,45 @@ __device__ __forceinline__ void fa_ovl_tile(const fa_params & p, int t, int T, f
 
 // One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys in an NS-stage ring;
 // OVPV: the softmax also overlaps the previous tile's P·V (see above).
-template <int WG, int BN, int MINB, bool OVPV, int NS>
-__global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(const fa_params p) {
+template <int WG, int BN, int MINB, bool OVPV, int NS, bool TMA>
+__global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(const __grid_constant__ fa_params p) {
 #if defined(SD3Q_WGMMA_DEVICE)
     static_assert(NS >= 4, "tiles t − 1 .. t + 1 are in use while tile t + NS − 2 loads");
     constexpr int BM = WG * 64, NTHR = WG * 128, NT = BN / 8;
     extern __shared__ __align__(1024) bf16 smem_wg[];
     bf16 * sQ = smem_wg, * sK = smem_wg + BM * FA_HD, * sV = sK + NS * BN * FA_HD;
+    const uint32_t bar = (uint32_t)__cvta_generic_to_shared(sV + NS * BN * FA_HD);  // TMA: NS "full" mbarriers
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int h = blockIdx.y, b = blockIdx.z;
     if (tid == 0 && (__cvta_generic_to_shared(smem_wg) & 1023)) __trap();  // the descriptors' swizzle needs 1024-byte tiles
     const fa_qtile q = fa_query_tile<BM>(p, b, h);
     if (!q.out) return;
     const int T = p.kt0[p.nseg];
-    fa_prologue<BM, BN, NTHR, NS - 2>(p, q, sQ, sK, sV, T, b, h, tid);
+    if (TMA) {
+        if (tid == 0) {
+            for (int st = 0; st < NS; st++) mbar_init(bar + st * 8, 1);
+            fence_mbar_init();
+        }
+        fa_load_q<BM, NTHR>(p, q, sQ, tid);
+        __syncthreads();  // the mbarriers are initialised
+        if (tid == 0)
+            for (int st = 0; st < NS - 2 && st < T; st++) fa_tma_kv<BN>(p, st, sK + st * BN * FA_HD, sV + st * BN * FA_HD, bar + st * 8, b, h);
+    } else {
+        fa_prologue<BM, BN, NTHR, NS - 2>(p, q, sQ, sK, sV, T, b, h, tid);
+    }
     float o[8][4], mrow[2], lrow[2];
     fa_wg_acc_init(o, mrow, lrow);
     const float esc = p.bias ? 1.0f : p.sl2;
     const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
 
-    cp_async_wait<NS - 3>();  // Q and tile 0 landed (tiles 1 .. NS − 3 may still fly)
-    fence_proxy_async();
+    if (TMA) {
+        cp_async_wait<0>();  // Q landed ...
+        fence_proxy_async();
+        mbar_wait(bar, 0);   // ... and tile 0
+    } else {
+        cp_async_wait<NS - 3>();  // Q and tile 0 landed (tiles 1 .. NS − 3 may still fly)
+        fence_proxy_async();
+    }
     __syncthreads();
     float sA[NT][4], sB[NT][4];
     uint32_t pa[NT / 2][4];
@@ -723,7 +847,8 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(co
     // unrolled by two: even tiles score into sA, odd ones into sB; the first and the last tile are peeled off (no P·V
     // before the first, no S after the last)
 #define FA_OVL_TILE(FIRST, LAST, tt, SC, SN) \
-    fa_ovl_tile<BN, NS, NTHR, OVPV, FIRST, LAST>(p, tt, T, SC, SN, pa, o, mrow, lrow, sK, sV, esc, q.q0, q.nq, rbase, b, h, tid, lane)
+    fa_ovl_tile<BN, NS, NTHR, OVPV, TMA, FIRST, LAST>(p, tt, T, SC, SN, pa, o, mrow, lrow, sK, sV, bar, esc, q.q0, q.nq, rbase, b, h, tid, \
+                                                      lane)
     if (T == 1) {
         FA_OVL_TILE(true, true, 0, sA, sB);
     } else {
@@ -742,7 +867,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(co
     }
 #undef FA_OVL_TILE
     wg_wait<0>();
-    cp_async_wait<0>();
+    if (!TMA) cp_async_wait<0>();
 
     fa_wg_finish<BM, NTHR>(p, q, sQ, o, lrow, rbase, b, h, tid);
 #else
@@ -781,33 +906,6 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(co
 #define FA_PP_STAGES 6
 
 #if defined(SD3Q_WGMMA_DEVICE)
-// Initialises an mbarrier (shared-memory address a) expecting n arrivals per phase.
-__device__ __forceinline__ void mbar_init(uint32_t a, int n) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(n) : "memory");
-}
-
-// One arrival (release semantics) on an mbarrier.
-__device__ __forceinline__ void mbar_arrive(uint32_t a) {
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a) : "memory");
-}
-
-// An arrival on an mbarrier made when all of this thread's earlier cp.async have completed (counts against the
-// expected arrivals: .noinc).
-__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
-}
-
-// Waits (acquire semantics) until the phase of parity par of an mbarrier has completed.
-__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t par) {
-    uint32_t done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(a), "r"(par)
-                     : "memory");
-    } while (!done);
-}
-
 // Named barrier id over n threads: wait until all n have arrived or synced.
 __device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 
@@ -937,23 +1035,31 @@ struct fa_variant {
     void (*kernel)(const fa_params);
     int warps, mt, bn, smem;
     int sm90a;  // wgmma kernel: offered only where the build has sm_90a code and the device is cc 9.0
+    int tma;    // loads K/V through tensor maps (fa_params.kv)
 };
 
-#define FA_V(W, M, N, B, Q) {flash_attn_kernel<W, M, N, B, Q>, W, M, N, fa_smem_bytes<W, M, N>(), 0}
-#define FA_W(G, N, B)       {flash_attn_wgmma_kernel<G, N, B>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N>(), 1}
-#define FA_O(G, N, B, OV) \
-    {flash_attn_wgmma_ovl_kernel<G, N, B, OV, FA_OVL_STAGES>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N, FA_OVL_STAGES>(), 1}
+#define FA_V(W, M, N, B, Q) {flash_attn_kernel<W, M, N, B, Q>, W, M, N, fa_smem_bytes<W, M, N>(), 0, 0}
+#define FA_W(G, N, B)       {flash_attn_wgmma_kernel<G, N, B, false, FA_STAGES>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N>(), 1, 0}
+// TMA variants: NS mbarriers of 8 bytes after the tiles
+#define FA_WT(G, N, B, NS) \
+    {flash_attn_wgmma_kernel<G, N, B, true, NS>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N, NS>() + 8 * (NS), 1, 1}
+#define FA_O(G, N, B, OV, T) \
+    {flash_attn_wgmma_ovl_kernel<G, N, B, OV, FA_OVL_STAGES, T>, 4 * (G), 1, N,                  \
+     fa_smem_bytes<4 * (G), 1, N, FA_OVL_STAGES>() + ((T) ? 8 * FA_OVL_STAGES : 0), 1, T}
 // the ping-pong kernel (two warpgroups): 2·NS mbarriers of 8 bytes after the tiles
-#define FA_P(N) {flash_attn_wgmma_pp_kernel<N, FA_PP_STAGES>, 8, 1, N, fa_smem_bytes<8, 1, N, FA_PP_STAGES>() + 16 * FA_PP_STAGES, 1}
+#define FA_P(N) {flash_attn_wgmma_pp_kernel<N, FA_PP_STAGES>, 8, 1, N, fa_smem_bytes<8, 1, N, FA_PP_STAGES>() + 16 * FA_PP_STAGES, 1, 0}
 // Measured on an H100 (docs/PERF.md): among the mma.sync kernels 0 is the fastest in the whole step (2 is within ±4%
 // of it alone at 1024² and 9% slower at 512²; 8 warps × 16 rows, 64-query tiles and a software-pipelined 16-row kernel
 // were 5–30% slower). Of the wgmma kernels 6 is the fastest at 1024² (alone 0.715 ms against 0.755 for 4 and 0.859 for
 // 0) and 4 at 512² (0.086 ms against 0.090 for 6; the whole CFG step 10.41 ms against 10.70 with 6, in the same run).
 // Between the two (fourth session, one H100, attention alone): 4 is as fast as 6 at 1933 joint tokens (640²) and
 // faster at 2269 and 2637 (704², 768²: 0.238 / 0.294 ms against 0.242 / 0.304), 6 faster at 3469 (896²: 0.720 against
-// 0.754). So by default (BACKEND_CUDA_FA_AUTO) cuda_attention_pick takes 4 below FA_SPLIT_L = 3072 joint tokens and 6
-// from there on. None of the overlapped variants 7–12 wins at any measured length. $SD3Q_CUDA_FA or
-// backend_cuda_set_attention_variant force one variant for every length.
+// 0.754). None of the overlapped variants 7–12 wins at any measured length. Sixth session: the TMA loads (13–20) took
+// 17–19 % off each tiling (the cp.async address arithmetic of every thread was a third of the key loop's instructions),
+// and 14 (4 with TMA) is the fastest at 512², 768² and 1024² (0.069 / 0.231 / 0.587–0.595 ms against 0.084 / 0.287 /
+// 0.713–0.719 for the best cp.async variant; 17, its 4-stage twin, ties), so by default (BACKEND_CUDA_FA_AUTO)
+// cuda_attention_pick takes 14 on both sides of FA_SPLIT_L (the split stays, for a tiling that wins only on one side).
+// $SD3Q_CUDA_FA or backend_cuda_set_attention_variant force one variant for every length.
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
     FA_V(4, 1, 128, 3, true),   // 1: 64 queries, 4 warps × 16 rows, 128-key tiles
@@ -964,14 +1070,23 @@ static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_W(3, 128, 1),            // 6: wgmma, 192 queries (3 warpgroups), 128-key tiles
     // the wgmma kernel with the softmax overlapped (flash_attn_wgmma_ovl_kernel; never chosen by length: on an H100 none
     // beat 4 or 6, docs/PERF.md):
-    FA_O(2, 128, 1, false),     // 7: 128 queries (2 warpgroups), 128-key tiles, softmax ‖ S of the next tile
-    FA_O(2, 64, 1, false),      // 8: 128 queries, 64-key tiles, softmax ‖ S of the next tile
-    FA_O(2, 64, 1, true),       // 9: 128 queries, 64-key tiles, softmax ‖ S of the next tile and the previous P·V
-    FA_O(3, 64, 1, true),       // 10: 192 queries (3 warpgroups), 64-key tiles, as 9
-    FA_O(1, 64, 2, true),       // 11: 64 queries (1 warpgroup), 64-key tiles, as 9, 2 blocks per SM
+    FA_O(2, 128, 1, false, 0),  // 7: 128 queries (2 warpgroups), 128-key tiles, softmax ‖ S of the next tile
+    FA_O(2, 64, 1, false, 0),   // 8: 128 queries, 64-key tiles, softmax ‖ S of the next tile
+    FA_O(2, 64, 1, true, 0),    // 9: 128 queries, 64-key tiles, softmax ‖ S of the next tile and the previous P·V
+    FA_O(3, 64, 1, true, 0),    // 10: 192 queries (3 warpgroups), 64-key tiles, as 9
+    FA_O(1, 64, 2, true, 0),    // 11: 64 queries (1 warpgroup), 64-key tiles, as 9, 2 blocks per SM
     // two warpgroups in ping-pong, K/V stages published by mbarriers (flash_attn_wgmma_pp_kernel; never chosen by
     // length: on an H200 slower than 6, docs/PERF.md):
     FA_P(128),                  // 12: 128 queries, 128-key tiles, one warpgroup's softmax ‖ the other's products
+    // K/V through TMA (one thread issues both tiles, one mbarrier per stage) instead of cp.async by every thread:
+    FA_WT(3, 128, 1, 3),        // 13: as 6
+    FA_WT(2, 64, 2, 3),         // 14: as 4
+    FA_O(2, 128, 1, false, 1),  // 15: as 7
+    FA_WT(3, 128, 1, 4),        // 16: as 6, 4 stages
+    FA_WT(2, 64, 2, 4),         // 17: as 14, 4 stages
+    FA_O(2, 64, 2, false, 1),   // 18: as 8, 2 blocks per SM
+    FA_O(2, 64, 2, true, 1),    // 19: as 9, 2 blocks per SM
+    FA_O(2, 64, 1, true, 1),    // 20: as 9
 };
 
 // Whether variant v can run on this backend's device (the wgmma ones need sm_90a code and a cc 9.0 device).
@@ -985,8 +1100,8 @@ int cuda_attention_variant_ok(const struct cuda_backend * c, int v) {
 #endif
 }
 
-// The variant for a joint length of L tokens: the forced one, else by length where the wgmma kernels run (short
-// sequences likely gain from 4's smaller blocks filling the SMs more evenly; not profiled), else the mma.sync default.
+// The variant for a joint length of L tokens: the forced one, else by length where the wgmma kernels run (today the
+// same TMA variant on both sides of the split), else the mma.sync default.
 int cuda_attention_pick(const struct cuda_backend * c, int64_t L) {
     if (c->fa_variant != BACKEND_CUDA_FA_AUTO) return c->fa_variant;
     if (!cuda_attention_variant_ok(c, FA_DEFAULT_SM90)) return FA_DEFAULT;
@@ -1089,6 +1204,46 @@ static void attention_general(struct cuda_backend * c, const struct attn_seg * s
         }
 }
 
+typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *,
+                                   const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled, fetched once through the runtime (the library links cudart only), or NULL.
+static tmap_encode_fn tmap_encode(struct cuda_backend * c) {
+    static tmap_encode_fn fn;
+    static int tried;
+    if (!tried) {
+        void * f = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (CU(c, cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q)) &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (tmap_encode_fn)f;
+        tried = 1;
+    }
+    return fn;
+}
+
+// Tensor map of one segment's fused q|k|v rows for the TMA variants: [B][n][3·D] bf16 (dimension 0 innermost), boxes of
+// bn rows × 64 columns with the 128-byte swizzle; rows past n read as zeros. 0 on failure (recorded on c).
+static int fa_tensor_map(struct cuda_backend * c, CUtensorMap * map, const bf16 * qkv, int64_t n, int64_t B, int64_t D, int bn) {
+    tmap_encode_fn enc = tmap_encode(c);
+    if (!enc) {
+        cuda_fail(c, SD3Q_ERR_DEVICE, "attention: cuTensorMapEncodeTiled is not available from this driver");
+        return 0;
+    }
+    const cuuint64_t dim[3] = {(cuuint64_t)(3 * D), (cuuint64_t)n, (cuuint64_t)B};
+    const cuuint64_t stride[2] = {(cuuint64_t)(3 * D) * sizeof(bf16), (cuuint64_t)(n * 3 * D) * sizeof(bf16)};
+    const cuuint32_t box[3] = {FA_HD, (cuuint32_t)bn, 1}, estride[3] = {1, 1, 1};
+    CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)qkv, dim, stride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        cuda_fail(c, SD3Q_ERR_DEVICE, "attention: cuTensorMapEncodeTiled failed (CUresult %d) for a [%lld, %lld, %lld] segment", (int)r,
+                  (long long)B, (long long)n, (long long)(3 * D));
+        return 0;
+    }
+    return 1;
+}
+
 // Chooses the flash kernel (head width 64, aligned buffers) or the general path, and launches it.
 void attention_cuda(struct cuda_backend * c, const struct attn_seg * seg, int nseg, int64_t B, int64_t NH, int64_t HD, float scale,
                     int causal, const bf16 * bias) {
@@ -1128,6 +1283,8 @@ void attention_cuda(struct cuda_backend * c, const struct attn_seg * seg, int ns
     p.sl2    = scale * LOG2E;
     p.causal = causal;
     p.bias   = bias;
+    for (int s = 0; v.tma && s < nseg; s++)
+        if (!fa_tensor_map(c, &p.kv[s], p.qkv[s], seg[s].n, B, p.D, v.bn)) return;
     if (!(c->fa_attr_set & (1u << var))) {
         if (!CU(c, cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem))) return;
         c->fa_attr_set |= 1u << var;
