@@ -64,12 +64,13 @@ for st in $steps; do
         notune) SD3Q_CUDA_NO_TUNE=1 run bench-notune 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         ncu)  # Nsight Compute on one launch of each Hopper attention kernel at 1024² (NCU_KERNELS: name regexes; the
-              # first launch of each in bench-cuda-mmdit: 6 runs in the step, 7 and 12 in its loop over the variants)
+              # first launch of each in bench-cuda-mmdit: 6 runs in the step, 7 and 12 in its loop over the variants;
+            # NCU_ARGS: more ncu options, e.g. "--launch-skip 10" for a later launch)
             NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
             # tensor-core (wgmma), exponential (xu), FMA and ALU pipe utilisation
             PIPES=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active
             for k in ${NCU_KERNELS:-flash_attn_wgmma_kernelILi3ELi128 flash_attn_wgmma_ovl_kernelILi2ELi128 flash_attn_wgmma_pp}; do
-                run "ncu-${k:11:14}" 200 "$NCU" --target-processes all --kernel-name-base mangled -k "regex:$k" -c 1 \
+                run "ncu-${k:11:14}" 200 "$NCU" --target-processes all --kernel-name-base mangled -k "regex:$k" -c 1 ${NCU_ARGS:-} \
                     --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
                     --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --metrics "${NCU_METRICS:-$PIPES}" \
                     "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 \

@@ -180,6 +180,24 @@ template <int BN> __device__ __forceinline__ fa_ktile fa_key_tile(const fa_param
     return {p.n[sg] - j0, p.koff[sg] + j0};
 }
 
+// fa_key_tile kept up to date along the key loop (tile t = 0, 1, …) instead of searched per tile: the segment's key
+// count and first key in registers, re-read only when the loop enters the next segment.
+struct fa_kcursor {
+    int sg, tend, n, koff, j0;  // segment of the current tile, first tile of the next segment, the segment's n and koff, first key
+};
+
+// The cursor at tile 0.
+__device__ __forceinline__ fa_kcursor fa_kcursor_start(const fa_params & p) { return {0, p.kt0[1], p.n[0], p.koff[0], 0}; }
+
+// Moves the cursor from tile t to tile t + 1.
+template <int BN> __device__ __forceinline__ void fa_kcursor_next(const fa_params & p, fa_kcursor & k, int t) {
+    k.j0 += BN;
+    if (t + 1 == k.tend && k.sg + 1 < p.nseg) {
+        k.sg++;
+        k.tend = p.kt0[k.sg + 1], k.n = p.n[k.sg], k.koff = p.koff[k.sg], k.j0 = 0;
+    }
+}
+
 // Masks (segment tail, causal) and the bias on one m16 tile of scores (accumulator layout; this thread's rows are
 // qrow0 and qrow0 + 8 of the segment). The parameters come by value: read through a reference to the kernel's
 // parameter block, nvcc schedules the loads differently and the measured mma.sync kernel changes (254 → 237 registers).
@@ -198,26 +216,44 @@ __device__ __forceinline__ void fa_mask(float (&s)[NT][4], const bf16 * bias, in
         }
 }
 
-// Online softmax of one m16 tile: running max per row (log2 units), rescale O and the partial sums, S becomes
-// P = 2^(s·esc − max).
+// The online softmax's conditional rescaling (fa_softmax_lazy): a row's stored max moves only when the tile exceeds it
+// by more than this (log2 units).
+#define FA_SLACK 8.0f
+
+// fa_softmax with conditional rescaling (FlashAttention-4's): the max is raised (and O and the sums rescaled) only when
+// a row of the warp would exceed its stored max by more than FA_SLACK; otherwise the exponents keep the stale max, so
+// P ≤ 2^FA_SLACK, which neither the f32 sums nor P in bf16 mind, and the final division by the sum is exact as before.
+// After the first key tiles the maxima rarely move that much, so most tiles skip O's 32 multiplies and two
+// exponentials per thread, about a tenth of a 64-key tile's instructions.
 template <int NT>
-__device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], float esc) {
+__device__ __forceinline__ void fa_softmax_lazy(float (&s)[NT][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], float esc) {
+    float mx[2];
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
-        float mx = -INFINITY;
+        float m = -INFINITY;
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
-        const float corr = exp2f(mrow[hh] - muse);
-        mrow[hh] = mnew;
-        float l = lrow[hh] * corr;
+        for (int nt = 0; nt < NT; nt++) m = fmaxf(m, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        mx[hh] = m * esc;
+    }
+    if (__any_sync(0xffffffffu, mx[0] > mrow[0] + FA_SLACK || mx[1] > mrow[1] + FA_SLACK)) {  // −∞ + slack is −∞
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            o[nt][2 * hh] *= corr;
-            o[nt][2 * hh + 1] *= corr;
+        for (int hh = 0; hh < 2; hh++) {
+            const float mnew = fmaxf(mrow[hh], mx[hh]), corr = exp2f(mrow[hh] - (mnew == -INFINITY ? 0.0f : mnew));
+            mrow[hh] = mnew;
+            lrow[hh] *= corr;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                o[nt][2 * hh] *= corr;
+                o[nt][2 * hh + 1] *= corr;
+            }
         }
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const float muse = mrow[hh] == -INFINITY ? 0.0f : mrow[hh];
+        float l = lrow[hh];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
@@ -228,6 +264,43 @@ __device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], 
         lrow[hh] = l;
     }
 }
+
+// Online softmax of one m16 tile: running max per row (log2 units), rescale O and the partial sums, S becomes
+// P = 2^(s·esc − max). LAZY: conditional rescaling (fa_softmax_lazy; the wgmma kernels); without it every tile rescales,
+// one row at a time, the order the mma.sync kernels were tuned with.
+template <int NT, bool LAZY>
+__device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], float esc) {
+    if constexpr (!LAZY) {
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
+            const float corr = exp2f(mrow[hh] - muse);
+            mrow[hh] = mnew;
+            float l = lrow[hh] * corr;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                o[nt][2 * hh] *= corr;
+                o[nt][2 * hh + 1] *= corr;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
+                s[nt][2 * hh] = p0;
+                s[nt][2 * hh + 1] = p1;
+                l += p0 + p1;
+            }
+            lrow[hh] = l;
+        }
+    } else {
+        fa_softmax_lazy<NT>(s, o, mrow, lrow, esc);
+    }
+}
+
 
 // Normalises one m16 tile of O and stages it as bf16 in the (swizzled) Q buffer; r0 = this thread's first row there.
 __device__ __forceinline__ void fa_stage_out(bf16 * sQ, const float (&o)[8][4], const float (&lrow)[2], int r0, int lane) {
@@ -347,7 +420,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_p
                 fa_mask<NT>(s[mt], p.bias, p.causal, p.sl2, p.L, kvalid, kglob, q0 + warp * MT * 16 + mt * 16 + (lane >> 2), nq, h, lane);
 
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) fa_softmax<NT>(s[mt], o[mt], mrow[mt], lrow[mt], esc);
+        for (int mt = 0; mt < MT; mt++) fa_softmax<NT, false>(s[mt], o[mt], mrow[mt], lrow[mt], esc);
 
         // O += P·V
 #pragma unroll
@@ -590,6 +663,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     const float esc = p.bias ? 1.0f : p.sl2;
     const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
 
+    fa_kcursor kc = fa_kcursor_start(p);
     for (int t = 0; t < T; t++) {
         if (TMA) {
             mbar_wait(bar + (t % NS) * 8, (t / NS) & 1);  // tile t landed (use t / NS of its stage) ...
@@ -616,10 +690,10 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         wg_commit();
         wg_wait0();
 
-        const fa_ktile kt = fa_key_tile<BN>(p, t);
-        const int kvalid = kt.kvalid, kglob = kt.kglob;
+        const int kvalid = kc.n - kc.j0, kglob = kc.koff + kc.j0;
+        fa_kcursor_next<BN>(p, kc, t);
         if (kvalid < BN || p.causal || p.bias) fa_mask<NT>(s, p.bias, p.causal, p.sl2, p.L, kvalid, kglob, q0 + rbase, nq, h, lane);
-        fa_softmax<NT>(s, o, mrow, lrow, esc);
+        fa_softmax<NT, true>(s, o, mrow, lrow, esc);
 
         // O += P·V: k16 step kk takes keys 16kk.. (two n8 tiles of S); V rows of those keys start 2048 bytes apart
         uint32_t pa[NT / 2][4];
