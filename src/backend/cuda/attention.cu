@@ -18,7 +18,7 @@
  * second wgmma kernel that overlaps the softmax of one key tile with the tensor-core products of its neighbours
  * (flash_attn_wgmma_ovl_kernel, variants 7–11), and a third in which two warpgroups take turns on the tensor cores,
  * the K/V stages published by mbarriers instead of a block-wide barrier per key tile (flash_attn_wgmma_pp_kernel,
- * variant 12). The first two also come with TMA loads (variants 13–20, the default): one thread copies each K/V tile
+ * variant 12). The first two also come with TMA loads (variants 13–17, 14 the default): one thread copies each K/V tile
  * through a tensor map per segment (fa_params.kv: [B][n][3·D] bf16, 64-column boxes with the 128-byte swizzle, rows
  * past the segment's end zero-filled) and arms the stage's mbarrier, which everyone waits on before the block barrier.
  *
@@ -1128,11 +1128,15 @@ struct fa_variant {
 // 0) and 4 at 512² (0.086 ms against 0.090 for 6; the whole CFG step 10.41 ms against 10.70 with 6, in the same run).
 // Between the two (fourth session, one H100, attention alone): 4 is as fast as 6 at 1933 joint tokens (640²) and
 // faster at 2269 and 2637 (704², 768²: 0.238 / 0.294 ms against 0.242 / 0.304), 6 faster at 3469 (896²: 0.720 against
-// 0.754). None of the overlapped variants 7–12 wins at any measured length. Sixth session: the TMA loads (13–20) took
+// 0.754). None of the overlapped variants 7–12 wins at any measured length. Sixth session: the TMA loads (13–17) took
 // 17–19 % off each tiling (the cp.async address arithmetic of every thread was a third of the key loop's instructions),
 // and 14 (4 with TMA) is the fastest at 512², 768² and 1024² (0.069 / 0.231 / 0.587–0.595 ms against 0.084 / 0.287 /
 // 0.713–0.719 for the best cp.async variant; 17, its 4-stage twin, ties), so by default (BACKEND_CUDA_FA_AUTO)
 // cuda_attention_pick takes 14 on both sides of FA_SPLIT_L (the split stays, for a tiling that wins only on one side).
+// Tried with TMA and not kept (1024², same runs): the overlapped kernel at 64-key tiles, 2 blocks per SM (ptxas
+// serialises its wgmmas for lack of registers, C7512; 0.617 ms), and with 1 block (0.766); 192 queries × 64 keys
+// (0.742); 64 queries × 64 keys, 3 blocks per SM (0.612); the softmax's row sums on the tensor cores as P times a
+// column of ones, which saves 32 FADDs per thread and tile (0.564 against 0.554: the adds are not what limits).
 // $SD3Q_CUDA_FA or backend_cuda_set_attention_variant force one variant for every length.
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
@@ -1158,9 +1162,6 @@ static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_O(2, 128, 1, false, 1),  // 15: as 7
     FA_WT(3, 128, 1, 4),        // 16: as 6, 4 stages
     FA_WT(2, 64, 2, 4),         // 17: as 14, 4 stages
-    FA_O(2, 64, 2, false, 1),   // 18: as 8, 2 blocks per SM
-    FA_O(2, 64, 2, true, 1),    // 19: as 9, 2 blocks per SM
-    FA_O(2, 64, 1, true, 1),    // 20: as 9
 };
 
 // Whether variant v can run on this backend's device (the wgmma ones need sm_90a code and a cc 9.0 device).

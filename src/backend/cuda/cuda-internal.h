@@ -31,7 +31,7 @@ typedef __nv_bfloat16 bf16;
 #define STAGE_FLOATS    (4 << 20)   // host↔device staging (16 MiB each side)
 #define GN_PARTIALS     (1 << 18)   // group-norm partial statistics (double pairs)
 #define ARENAS_MAX      32          // live arena allocations tracked for the memory accounting
-#define FA_VARIANTS     21          // flash-attention kernel variants (attention.cu; 3-20 need sm_90a)
+#define FA_VARIANTS     18          // flash-attention kernel variants (attention.cu; 3-17 need sm_90a)
 #define FA_DEFAULT      0           // mma.sync, 128 queries × 64 keys (any cc ≥ 8.0)
 #define FA_DEFAULT_SM90 14          // wgmma + TMA, 128 queries × 64 keys: the automatic choice on cc 9.0 from FA_SPLIT_L tokens on
 #define FA_SHORT_SM90   14          // the same below FA_SPLIT_L tokens (the fastest at every measured length, docs/PERF.md)
