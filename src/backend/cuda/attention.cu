@@ -1134,7 +1134,7 @@ struct fa_variant {
 // 0.713–0.719 for the best cp.async variant; 17, its 4-stage twin, ties), so by default (BACKEND_CUDA_FA_AUTO)
 // cuda_attention_pick takes 14 on both sides of FA_SPLIT_L (the split stays, for a tiling that wins only on one side).
 // Tried with TMA and not kept (1024², same runs): the overlapped kernel at 64-key tiles, 2 blocks per SM (ptxas
-// serialises its wgmmas for lack of registers, C7512; 0.617 ms), and with 1 block (0.766); 192 queries × 64 keys
+// serialises its wgmmas for lack of registers, C7512; 0.617 and 0.690 ms), and with 1 block (0.766); 192 × 64
 // (0.742); 64 queries × 64 keys, 3 blocks per SM (0.612); the softmax's row sums on the tensor cores as P times a
 // column of ones, which saves 32 FADDs per thread and tile (0.564 against 0.554: the adds are not what limits).
 // $SD3Q_CUDA_FA or backend_cuda_set_attention_variant force one variant for every length.
