@@ -594,6 +594,49 @@ static void test_errors(void) {
     b2->ops->free(b2);
 }
 
+// Runs `rounds` of the MMDiT's pattern on two residual streams xi [Mi, D] and xt [Mt, D] (Mt ≤ Mi): a Linear, GELU,
+// Linear and residual add per stream — on the side queue for xt when lanes, else everything in order — then, after a
+// JOIN, a step that mixes them (xi's first rows += xt, as the joint attention reads both) and a FORK.
+static void lanes_pass(int lanes, void * xi, void * xt, void * hi, void * ht, void * yi, void * yt, int64_t Mi, int64_t Mt,
+                       int64_t D, struct wt * const w[8], int rounds) {
+    for (int r = 0; r < rounds; r++) {
+        if (lanes) bk->ops->lane(bk, BACKEND_LANE_MAIN);
+        bk->ops->linear(bk, hi, xi, Mi, w[0], w[1]);
+        bk->ops->act(bk, hi, hi, Mi * w[0]->shape[0], ACT_GELU_TANH);
+        if (lanes) bk->ops->lane(bk, BACKEND_LANE_SIDE);
+        bk->ops->linear(bk, ht, xt, Mt, w[4], w[5]);
+        bk->ops->act(bk, ht, ht, Mt * w[4]->shape[0], ACT_GELU_TANH);
+        bk->ops->linear(bk, yt, ht, Mt, w[6], w[7]);
+        bk->ops->gate_residual(bk, xt, yt, NULL, 1, Mt, D, 0);
+        if (lanes) bk->ops->lane(bk, BACKEND_LANE_MAIN);
+        bk->ops->linear(bk, yi, hi, Mi, w[2], w[3]);
+        bk->ops->gate_residual(bk, xi, yi, NULL, 1, Mi, D, 0);
+        if (lanes) bk->ops->lane(bk, BACKEND_LANE_JOIN);
+        bk->ops->add(bk, xi, xt, Mt * D);
+        if (lanes) bk->ops->lane(bk, BACKEND_LANE_FORK);
+    }
+    if (lanes) bk->ops->lane(bk, BACKEND_LANE_JOIN);
+}
+
+// The two queues (backend_ops.lane): the same ops give bit for bit the same result with the text-like chain on the side
+// queue beside the image-like one (large enough to run at the same time) as in one queue.
+static void test_lanes(void) {
+    const int64_t Mi = 8192, Mt = 666, D = 512, F = 2048;
+    struct wt * w[8] = {mkw(DT_BF16, 1, 2, F, D, 0, 0, 1.0f / sqrtf((float)D), NULL), mkw(DT_BF16, 1, 1, F, 0, 0, 0, 0.1f, NULL),
+                        mkw(DT_BF16, 1, 2, D, F, 0, 0, 0.2f / sqrtf((float)F), NULL), mkw(DT_BF16, 1, 1, D, 0, 0, 0, 0.1f, NULL),
+                        mkw(DT_BF16, 1, 2, F, D, 0, 0, 1.0f / sqrtf((float)D), NULL), mkw(DT_BF16, 1, 1, F, 0, 0, 0, 0.1f, NULL),
+                        mkw(DT_BF16, 1, 2, D, F, 0, 0, 0.2f / sqrtf((float)F), NULL), mkw(DT_BF16, 1, 1, D, 0, 0, 0, 0.1f, NULL)};
+    float * xi = hrand(Mi * D, 1.0f), * xt = hrand(Mt * D, 1.0f), * got[2][2];
+    for (int lanes = 0; lanes < 2; lanes++) {
+        void * dxi = dup_(xi, Mi * D), * dxt = dup_(xt, Mt * D), * hi = dnew(Mi * F), * ht = dnew(Mt * F), * yi = dnew(Mi * D),
+             * yt = dnew(Mt * D);
+        lanes_pass(lanes, dxi, dxt, hi, ht, yi, yt, Mi, Mt, D, w, 6);
+        got[lanes][0] = dget(dxi, Mi * D), got[lanes][1] = dget(dxt, Mt * D);
+    }
+    cmp("two queues = one queue: image-like stream", got[1][0], got[0][0], Mi * D, 0, 0);
+    cmp("two queues = one queue: text-like stream", got[1][1], got[0][1], Mt * D, 0, 0);
+}
+
 struct test {
     const char * name;
     void (*fn)(void);
@@ -602,7 +645,7 @@ struct test {
 static const struct test tests[] = {
     {"transfer", test_transfer}, {"linear", test_linear}, {"act", test_act}, {"gate", test_gate_add},
     {"norm", test_norms}, {"attention", test_attention}, {"layout", test_layout}, {"conv", test_conv},
-    {"weights", test_weights}, {"eviction", test_eviction}, {"errors", test_errors},
+    {"weights", test_weights}, {"eviction", test_eviction}, {"lanes", test_lanes}, {"errors", test_errors},
 };
 
 // Usage: test-cuda-ops-gpu [--list] [--only NAME]

@@ -43,6 +43,14 @@ struct attn_opts {
     const void * bias;    // [NH, Lq, Lk] activation buffer added to the scaled logits (T5 position bias), or NULL
 };
 
+// Queue operations of backend_ops.lane.
+enum backend_lane {
+    BACKEND_LANE_MAIN = 0,  // the following ops go to the main queue
+    BACKEND_LANE_SIDE = 1,  // the following ops go to the side queue
+    BACKEND_LANE_FORK = 2,  // the side queue starts nothing before everything queued on the main one so far is done
+    BACKEND_LANE_JOIN = 3,  // the main queue starts nothing before everything queued on the side one so far is done
+};
+
 struct backend_ops {
     const char * name;
 
@@ -144,6 +152,11 @@ struct backend_ops {
     // Frees the device copies of group `group`'s weights (-1: those copied on first use); a later prepare or use
     // copies them again. This is the residency policy's lever: keep only the running component on a small card.
     void (*release)(struct backend * bk, int group);
+
+    // Two queues of ops that may run at the same time (NULL: one queue, ops in order, as on the CPU): op is an enum
+    // backend_lane. Between a FORK and the next JOIN the caller keeps the two queues on disjoint buffers (or orders
+    // them with FORK/JOIN); transfers, sync and release wait for both queues.
+    void (*lane)(struct backend * bk, int op);
 };
 
 struct backend {

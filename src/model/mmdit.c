@@ -393,7 +393,7 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
                    const struct mmdit_hook * hook) {
     const struct mmdit_config * c = &m->cfg;
     const int64_t B = io->B, D = c->D, p = c->patch, gh = io->h / p, gw = io->w / p, N = gh * gw, L = io->L;
-    const int64_t HD = c->head_dim, NH = c->heads, F = c->mlp_hidden, T = N > L ? N : L;
+    const int64_t HD = c->head_dim, NH = c->heads, F = c->mlp_hidden;
     const size_t esz = bk ? bk->ops->act_size(bk) : 4;
     const struct backend_ops * o = bk ? bk->ops : NULL;
     size_t mark = arena_mark(ar);
@@ -410,10 +410,10 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
     void * himg = take(ar, esz, B * N * D);         // [B, N, D] modulated LN / projection output
     void * htxt = take(ar, esz, B * L * D);         // [B, L, D]
     void * qimg = take(ar, esz, B * N * 3 * D);     // [B, N, 3D] fused q|k|v
-    void * qtxt = take(ar, esz, B * L * 3 * D);     // [B, L, 3D]
+    void * qtxt = take(ar, esz, B * L * (F > 3 * D ? F : 3 * D));  // [B, L, 3D] q|k|v, then [B, L, F] the text MLP's hidden
     void * aimg = take(ar, esz, B * N * D);         // [B, N, D] attention output / fc2 output
     void * atxt = take(ar, esz, B * L * D);         // [B, L, D]
-    void * mlp  = take(ar, esz, B * T * F);         // [B, max(N,L), F]
+    void * mlp  = take(ar, esz, B * N * F);         // [B, N, F] the image MLP's hidden
     void * fin  = take(ar, esz, B * N * p * p * c->out_ch);  // [B·N, p·p·out]
     void * h2 = NULL, * q2 = NULL, * a2 = NULL;
     if (c->n_dual) {
@@ -454,6 +454,17 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
     o->linear(bk, txt, io->context, B * L, &m->ctx_w, &m->ctx_b);
     observe(hook, "ctx_tokens", txt, B, L, D);
 
+    // Two queues where the backend has them (CUDA): the text stream's ops go to the side queue, beside the image
+    // stream's on the main one (the text stream's 333-token Linears do not fill a GPU). The streams share only the
+    // joint attention, which runs on the main queue after a JOIN and before a FORK; each stream keeps its own buffers
+    // (hence the text MLP's hidden in qtxt, dead between the attention and the next block's q|k|v).
+    const int lanes = o && o->lane;
+#define LANE(op)                      \
+    do {                              \
+        if (lanes) o->lane(bk, (op)); \
+    } while (0)
+    LANE(BACKEND_LANE_FORK);  // the text stream starts after the modulation vectors and its embedding
+
     char nm[64];
     for (int i = 0; i < c->depth; i++) {
         const struct mmdit_block * blk = &m->blocks[i];
@@ -462,18 +473,24 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
         const int64_t si = blk->img.nmod * D, stx = blk->txt.nmod * D;  // modulation row strides
         // pre-attention: modulated LN and q|k|v of both streams
         o->ln_modulate(bk, himg, img, B, N, D, mi, at(mi, esz, D), si, LN_EPS);
+        LANE(BACKEND_LANE_SIDE);
         o->ln_modulate(bk, htxt, txt, B, L, D, mt, at(mt, esz, D), stx, LN_EPS);
+        LANE(BACKEND_LANE_MAIN);
         snprintf(nm, sizeof nm, "mm%d.img.attn.qkv", i);
         linear_input(hook, nm, himg, B, N, D);
         o->linear(bk, qimg, himg, B * N, &blk->img.qkv_w, &blk->img.qkv_b);
+        LANE(BACKEND_LANE_SIDE);
         snprintf(nm, sizeof nm, "mm%d.txt.attn.qkv", i);
         linear_input(hook, nm, htxt, B, L, D);
         o->linear(bk, qtxt, htxt, B * L, &blk->txt.qkv_w, &blk->txt.qkv_b);
+        LANE(BACKEND_LANE_MAIN);
         if (c->qk_norm) {
             o->rmsnorm_heads(bk, qimg, B * N, D, 0, HD, &blk->img.ln_q, QK_EPS);
             o->rmsnorm_heads(bk, qimg, B * N, D, D, HD, &blk->img.ln_k, QK_EPS);
+            LANE(BACKEND_LANE_SIDE);
             o->rmsnorm_heads(bk, qtxt, B * L, D, 0, HD, &blk->txt.ln_q, QK_EPS);
             o->rmsnorm_heads(bk, qtxt, B * L, D, D, HD, &blk->txt.ln_k, QK_EPS);
+            LANE(BACKEND_LANE_MAIN);
         }
         if (dual) {  // MMDiT-X: the same LN(x) with the second modulation feeds an image-only attention
             o->ln_modulate(bk, h2, img, B, N, D, at(mi, esz, 6 * D), at(mi, esz, 7 * D), si, LN_EPS);
@@ -484,8 +501,10 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             o->rmsnorm_heads(bk, q2, B * N, D, D, HD, &blk->img.ln_k2, QK_EPS);
         }
         // joint attention over [image, text]; the last block's text output is never used
+        LANE(BACKEND_LANE_JOIN);
         struct attn_seg seg[2] = {{qimg, aimg, N}, {qtxt, pre ? NULL : atxt, L}};
         o->attention(bk, seg, 2, B, NH, HD, 1.0f / sqrtf((float)HD), NULL);
+        LANE(BACKEND_LANE_FORK);
         if (dual) {
             struct attn_seg s2 = {q2, a2, N};
             o->attention(bk, &s2, 1, B, NH, HD, 1.0f / sqrtf((float)HD), NULL);
@@ -494,9 +513,10 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
         for (int s = 0; s < 2; s++) {
             const struct mmdit_stream * st = s ? &blk->txt : &blk->img;
             if (st->pre_only) continue;
-            void * x = s ? txt : img, * h = s ? htxt : himg, * a = s ? atxt : aimg, * mo = s ? mt : mi;
+            void * x = s ? txt : img, * h = s ? htxt : himg, * a = s ? atxt : aimg, * mo = s ? mt : mi, * hid = s ? qtxt : mlp;
             int64_t Tn = s ? L : N, ms = st->nmod * D;
             const char * sn = s ? "txt" : "img";
+            LANE(s ? BACKEND_LANE_SIDE : BACKEND_LANE_MAIN);
             snprintf(nm, sizeof nm, "mm%d.%s.attn.proj", i, sn);
             linear_input(hook, nm, a, B, Tn, D);
             o->linear(bk, h, a, B * Tn, &st->proj_w, &st->proj_b);
@@ -510,13 +530,14 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             o->ln_modulate(bk, h, x, B, Tn, D, at(mo, esz, 3 * D), at(mo, esz, 4 * D), ms, LN_EPS);
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc1", i, sn);
             linear_input(hook, nm, h, B, Tn, D);
-            o->linear(bk, mlp, h, B * Tn, &st->fc1_w, &st->fc1_b);
-            o->act(bk, mlp, mlp, B * Tn * F, ACT_GELU_TANH);
+            o->linear(bk, hid, h, B * Tn, &st->fc1_w, &st->fc1_b);
+            o->act(bk, hid, hid, B * Tn * F, ACT_GELU_TANH);
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc2", i, sn);
-            linear_input(hook, nm, mlp, B, Tn, F);
-            o->linear(bk, a, mlp, B * Tn, &st->fc2_w, &st->fc2_b);
+            linear_input(hook, nm, hid, B, Tn, F);
+            o->linear(bk, a, hid, B * Tn, &st->fc2_w, &st->fc2_b);
             o->gate_residual(bk, x, a, at(mo, esz, 5 * D), B, Tn, D, ms);
         }
+        LANE(BACKEND_LANE_MAIN);
         snprintf(nm, sizeof nm, "block%d.img", i);
         observe(hook, nm, img, B, N, D);
         if (!pre) {
@@ -524,6 +545,9 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             observe(hook, nm, txt, B, L, D);
         }
     }
+
+    LANE(BACKEND_LANE_JOIN);  // the side queue's last work is done before the pass ends
+#undef LANE
 
     // final adaLN layer and un-patchify
     o->ln_modulate(bk, himg, img, B, N, D, fmod, at(fmod, esz, D), 2 * D, LN_EPS);

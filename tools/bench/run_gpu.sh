@@ -6,7 +6,7 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] [ncu] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit to those parts). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
+# [lowmem] [ncu] [notune] [nofuse] [nolanes] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit to those parts). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
 # weights) with the low_memory policy and entirely resident, reporting device memory (bench-pipeline). ncu: Nsight
 # Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper attention kernel at 1024².
 set -u
@@ -63,6 +63,7 @@ for st in $steps; do
         bench) run bench 300 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors ${BENCH_ARGS:-} ;;  # e.g. BENCH_ARGS="--res 640,768 --steps 0"
         notune) SD3Q_CUDA_NO_TUNE=1 run bench-notune 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
         nofuse) SD3Q_CUDA_NO_FUSE=1 run bench-nofuse 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile ;;
+        nolanes) SD3Q_CUDA_NO_LANES=1 run bench-nolanes 120 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 512,1024 --steps 0 --no-profile ;;  # one queue
         ncu)  # Nsight Compute on one launch of each Hopper attention kernel at 1024² (NCU_KERNELS: name regexes; the
               # first launch of each in bench-cuda-mmdit: 6 runs in the step, 7 and 12 in its loop over the variants;
             # NCU_ARGS: more ncu options, e.g. "--launch-skip 10" for a later launch)
@@ -94,5 +95,5 @@ done
 [ -f "$OUT/memcheck.txt" ] && { echo "== memcheck"; grep -E "Invalid|ERROR|at 0x|by thread" "$OUT/memcheck.txt" | head -20; }
 echo "== results"; cat "$OUT"/bench.log "$OUT"/torch.log 2>/dev/null | grep -E "^RESULT|^== |memory end|median" | grep -v attn_variant | head -40
 for f in lowmem resident; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^  step ([2-9]|1[0-9]|2[0-7])/" "$OUT/$f.log" | tail -n 25; }; done
-for f in bench-notune bench-nofuse; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== 1024" "$OUT/$f.log"; }; done
+for f in bench-notune bench-nofuse bench-nolanes; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== (512|1024)" "$OUT/$f.log"; }; done
 exit 0

@@ -2,7 +2,8 @@
  * cuda-backend.cu — the CUDA backend object: device, stream, library handles, the weight table, host↔device
  * transfers, the sticky error, and the op table that dispatches to the kernels of the other .cu files.
  *
- * Parallelisation: everything runs in order on one stream owned by the backend; the host only enqueues. Transfers
+ * Parallelisation: ops run in order on the backend's main stream, or on its side stream between the model's lane
+ * calls (backend.h: the MMDiT's text stream beside its image stream); the host only enqueues. Transfers
  * go through a pinned host buffer and a device f32 staging buffer in chunks, converted to/from bf16 on the device.
  * Weights are converted to bf16 on the device too: raw file bytes are copied into the staging buffer and a
  * conversion kernel writes the bf16 copy (bf16 files are copied straight into place).
@@ -102,6 +103,16 @@ static void flush(struct cuda_backend * c) {
     linear_cuda(c, (bf16 *)c->pend.y, (const bf16 *)c->pend.x, c->pend.M, c->pend.w, c->pend.b, 0);
 }
 
+// Launches a deferred Linear and, when the side queue was used, waits for both queues: before transfers, syncs,
+// frees and releases, which must see (or outlive) everything queued on either.
+static void settle(struct cuda_backend * c) {
+    flush(c);
+    if (!c->side_used) return;
+    CU(c, cudaStreamSynchronize(c->s_side));
+    CU(c, cudaStreamSynchronize(c->s_main));
+    c->side_used = 0;
+}
+
 static size_t cu_act_size(const struct backend * bk) { return sizeof(bf16); }
 
 // Arena: one cudaMalloc of the size a planning pass measured (remembered host-side for the accounting).
@@ -123,7 +134,7 @@ static void * cu_arena_alloc(struct backend * bk, size_t bytes) {
 static void cu_arena_free(struct backend * bk, void * p) {
     struct cuda_backend * c = cuda_of(bk);
     if (!p) return;
-    flush(c);
+    settle(c);
     CU(c, cudaStreamSynchronize(c->stream));
     size_t n = 0;
     for (int i = 0; i < ARENAS_MAX; i++)
@@ -138,7 +149,7 @@ static void cu_arena_free(struct backend * bk, void * p) {
 // Copies n f32 values host → device bf16 through the staging buffers.
 static enum sd3q_status cu_upload(struct backend * bk, void * dst, const float * src, int64_t n) {
     struct cuda_backend * c = cuda_of(bk);
-    flush(c);
+    settle(c);
     for (int64_t i = 0; i < n && c->st == SD3Q_OK; i += STAGE_FLOATS) {
         int64_t m = n - i < STAGE_FLOATS ? n - i : STAGE_FLOATS;
         CU(c, cudaStreamSynchronize(c->stream));  // the previous chunk has left the pinned buffer
@@ -154,7 +165,7 @@ static enum sd3q_status cu_upload(struct backend * bk, void * dst, const float *
 // Copies n bf16 activations device → host f32 (synchronous: the data is on the host on return).
 static enum sd3q_status cu_download(struct backend * bk, float * dst, const void * src, int64_t n) {
     struct cuda_backend * c = cuda_of(bk);
-    flush(c);
+    settle(c);
     for (int64_t i = 0; i < n && c->st == SD3Q_OK; i += STAGE_FLOATS) {
         int64_t m = n - i < STAGE_FLOATS ? n - i : STAGE_FLOATS;
         convert_bf16_to_f32_cuda(c, c->stage_d, (const bf16 *)src + i, m);
@@ -166,10 +177,10 @@ static enum sd3q_status cu_download(struct backend * bk, float * dst, const void
     return c->st;
 }
 
-// Launches the deferred Linear, then waits for the stream.
+// Launches the deferred Linear, then waits for both queues.
 static void cu_sync(struct backend * bk) {
     struct cuda_backend * c = cuda_of(bk);
-    flush(c);
+    settle(c);
     CU(c, cudaStreamSynchronize(c->stream));
 }
 
@@ -309,7 +320,7 @@ const bf16 * cuda_weight(struct cuda_backend * c, const struct wt * w) {
 // Copies the listed weights not yet held into one allocation tagged with `group`.
 static enum sd3q_status cu_prepare(struct backend * bk, int group, const struct wt * const * w, int64_t n) {
     struct cuda_backend * c = cuda_of(bk);
-    flush(c);
+    settle(c);
     size_t total = 0;
     for (int64_t i = 0; i < n; i++)
         if (wt_present(w[i]) && !wtab_find(c, w[i])) total += ((size_t)wt_numel(w[i]) * sizeof(bf16) + 255) & ~(size_t)255;
@@ -341,7 +352,7 @@ static enum sd3q_status cu_prepare(struct backend * bk, int group, const struct 
 // Frees the copies of one residency group (after the queued work).
 static void cu_release(struct backend * bk, int group) {
     struct cuda_backend * c = cuda_of(bk);
-    flush(c);
+    settle(c);
     CU(c, cudaStreamSynchronize(c->stream));
     wtab_rebuild(c, c->wcap, group, 1);
     for (int s = 0; s < c->nslabs; s++)
@@ -498,12 +509,40 @@ static void cu_transpose(struct backend * bk, void * y, const void * x, int64_t 
 
 // ---- creation -----------------------------------------------------------------------------------------------------
 
+// Two queues (see backend.h): the MMDiT's text stream runs on s_side beside the image stream, whose Linears fill the GPU
+// while the text stream's (333 tokens per image: 163–395 TFLOP/s alone on an H100) do not. Each queue has its own
+// cuBLAS(Lt) workspace, so GEMMs on both never share one. A deferred Linear is launched before any switch.
+static void cu_lane(struct backend * bk, int op) {
+    struct cuda_backend * c = C_;
+    flush(c);
+    if (c->st != SD3Q_OK || c->lanes_off) return;
+    switch (op) {
+    case BACKEND_LANE_MAIN:
+    case BACKEND_LANE_SIDE:
+        c->stream = op == BACKEND_LANE_SIDE ? c->s_side : c->s_main;
+        c->lt_ws  = op == BACKEND_LANE_SIDE ? c->lt_ws_side : c->lt_ws_main;
+        if (op == BACKEND_LANE_SIDE) c->side_used = 1;
+        CUBLAS(c, cublasSetStream(c->blas, c->stream));
+        CUBLAS(c, cublasSetWorkspace(c->blas, c->lt_ws, LT_WORKSPACE));
+        break;
+    case BACKEND_LANE_FORK:
+        if (CU(c, cudaEventRecord(c->ev_fork, c->s_main))) CU(c, cudaStreamWaitEvent(c->s_side, c->ev_fork, 0));
+        break;
+    case BACKEND_LANE_JOIN:
+        if (CU(c, cudaEventRecord(c->ev_join, c->s_side))) CU(c, cudaStreamWaitEvent(c->s_main, c->ev_join, 0));
+        break;
+    default:
+        cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "cuda backend: lane operation %d", op);
+    }
+}
+
 // Frees the backend and everything it owns (device memory, handles, events).
 static void cu_free(struct backend * bk) {
     struct cuda_backend * c = C_;
     if (!c) return;
     c->pend.on = 0;
-    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->s_side) cudaStreamSynchronize(c->s_side);
+    if (c->s_main) cudaStreamSynchronize(c->s_main);
     if (c->wtab) {
         for (int64_t i = 0; i < c->wcap; i++)
             if (c->wtab[i].key && c->wtab[i].slab < 0) cudaFree(c->wtab[i].d);
@@ -512,7 +551,8 @@ static void cu_free(struct backend * bk) {
     for (int s = 0; s < c->nslabs; s++) cudaFree(c->slabs[s].p);
     free(c->slabs);
     lt_plans_free(c);
-    cudaFree(c->lt_ws);
+    cudaFree(c->lt_ws_main);
+    cudaFree(c->lt_ws_side);
     cudaFree(c->stage_d);
     cudaFreeHost(c->stage_h);
     cudaFree(c->attn_ws);
@@ -522,7 +562,10 @@ static void cu_free(struct backend * bk) {
         if (c->ev[i]) cudaEventDestroy(c->ev[i]);
     if (c->blas) cublasDestroy(c->blas);
     if (c->lt) cublasLtDestroy(c->lt);
-    if (c->stream) cudaStreamDestroy(c->stream);
+    if (c->ev_fork) cudaEventDestroy(c->ev_fork);
+    if (c->ev_join) cudaEventDestroy(c->ev_join);
+    if (c->s_main) cudaStreamDestroy(c->s_main);
+    if (c->s_side) cudaStreamDestroy(c->s_side);
     free(c);
 }
 
@@ -556,6 +599,7 @@ static const struct backend_ops cuda_ops = {
     /* sync          */ cu_sync,
     /* prepare       */ cu_prepare,
     /* release       */ cu_release,
+    /* lane          */ cu_lane,
 };
 
 // Picks the device: $SD3Q_CUDA_DEVICE or 0.
@@ -588,6 +632,7 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
     c->base.err = e;
     c->plan     = *plan;
     c->fuse     = getenv("SD3Q_CUDA_NO_FUSE") == NULL;
+    c->lanes_off = getenv("SD3Q_CUDA_NO_LANES") != NULL;
     const char * sd = getenv("SD3Q_CUDA_SYNC");
     c->sync_debug = sd && *sd && *sd != '0';
     c->attn_general = getenv("SD3Q_CUDA_ATTN_GENERAL") != NULL;
@@ -604,7 +649,11 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
     const char * fv = getenv("SD3Q_CUDA_FA");  // a variant this device cannot run falls back to the automatic choice
     c->fa_variant = fv && cuda_attention_variant_ok(c, atoi(fv)) ? atoi(fv) : BACKEND_CUDA_FA_AUTO;
     if (c->st == SD3Q_OK) {
-        CU(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+        CU(c, cudaStreamCreateWithFlags(&c->s_main, cudaStreamNonBlocking));
+        CU(c, cudaStreamCreateWithFlags(&c->s_side, cudaStreamNonBlocking));
+        CU(c, cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming));
+        CU(c, cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming));
+        c->stream = c->s_main;
         CUBLAS(c, cublasLtCreate(&c->lt));
         if (CUBLAS(c, cublasCreate(&c->blas))) {
             CUBLAS(c, cublasSetStream(c->blas, c->stream));
@@ -613,7 +662,8 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
         for (int i = 0; i < CUDA_EVENTS && c->st == SD3Q_OK; i++) CU(c, cudaEventCreate(&c->ev[i]));
     }
     if (c->st == SD3Q_OK) {
-        c->lt_ws   = cuda_alloc(c, LT_WORKSPACE, "the cuBLASLt workspace");
+        c->lt_ws_main = c->lt_ws = cuda_alloc(c, LT_WORKSPACE, "the cuBLASLt workspace");
+        c->lt_ws_side = cuda_alloc(c, LT_WORKSPACE, "the side queue's cuBLASLt workspace");
         c->stage_d = (float *)cuda_alloc(c, (size_t)STAGE_FLOATS * sizeof(float), "the transfer staging buffer");
         c->gn_part = (double *)cuda_alloc(c, (size_t)GN_PARTIALS * 2 * sizeof(double), "group-norm statistics");
         if (c->st == SD3Q_OK) CU(c, cudaMallocHost((void **)&c->stage_h, (size_t)STAGE_FLOATS * sizeof(float)));

@@ -74,10 +74,14 @@ struct cuda_backend {
     struct backend_plan plan;
     int                dev, cc, n_sm;
     char               name[256];
-    cudaStream_t       stream;
+    cudaStream_t       stream;     // the current queue: s_main or s_side (backend_ops.lane)
+    cudaStream_t       s_main, s_side;
+    cudaEvent_t        ev_fork, ev_join;
+    int                side_used;  // something was queued on s_side since the last settle
     cublasLtHandle_t   lt;
     cublasHandle_t     blas;
-    void *             lt_ws;
+    void *             lt_ws;      // the current queue's cuBLAS(Lt) workspace: lt_ws_main or lt_ws_side
+    void *             lt_ws_main, * lt_ws_side;
     // weights
     struct cuda_wentry * wtab;  // open addressing, capacity wcap (power of two)
     int64_t              wcap, wcount;
@@ -105,6 +109,7 @@ struct cuda_backend {
         const struct wt * w, * b;
     } pend;
     int fuse;        // 0: $SD3Q_CUDA_NO_FUSE set
+    int lanes_off;   // 1: $SD3Q_CUDA_NO_LANES set (the lane op does nothing: one queue)
     int sync_debug;  // 1: $SD3Q_CUDA_SYNC set (synchronize after every launch)
     int tune;          // 0: $SD3Q_CUDA_NO_TUNE set (take the heuristic's first algorithm untimed)
     int attn_general;  // 1: $SD3Q_CUDA_ATTN_GENERAL set (every attention on the cuBLAS path, for testing)
