@@ -1136,7 +1136,10 @@ struct fa_variant {
 // Tried with TMA and not kept (1024², same runs): the overlapped kernel at 64-key tiles, 2 blocks per SM (ptxas
 // serialises its wgmmas for lack of registers, C7512; 0.617 and 0.690 ms), and with 1 block (0.766); 192 × 64
 // (0.742); 64 queries × 64 keys, 3 blocks per SM (0.612); the softmax's row sums on the tensor cores as P times a
-// column of ones, which saves 32 FADDs per thread and tile (0.564 against 0.554: the adds are not what limits).
+// column of ones, which saves 32 FADDs per thread and tile (0.564 against 0.554: the adds are not what limits); no
+// block barrier in the key loop (each stage freed by an "empty" mbarrier on which every warp arrives, so the
+// warpgroups drift apart): as 17 0.580 ms, with 5 stages 0.574, against 0.562 for 14 in the same run — but the
+// 3-warpgroup 128-key tiling (16) went from 0.703 to 0.587, so the lockstep does cost the wider blocks.
 // $SD3Q_CUDA_FA or backend_cuda_set_attention_variant force one variant for every length.
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
