@@ -216,6 +216,16 @@ __device__ __forceinline__ void fa_mask(float (&s)[NT][4], const bf16 * bias, in
         }
 }
 
+// The max of this thread's row hh (0: its first row, 1: the row 8 below) of an m16 × 8·NT score tile, reduced over
+// the 4 lanes that share the row.
+template <int NT> __device__ __forceinline__ float fa_row_max(const float (&s)[NT][4], int hh) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) m = fmaxf(m, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    return fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+}
+
 // The online softmax's conditional rescaling (fa_softmax_lazy): a row's stored max moves only when the tile exceeds it
 // by more than this (log2 units).
 #define FA_SLACK 8.0f
@@ -227,16 +237,7 @@ __device__ __forceinline__ void fa_mask(float (&s)[NT][4], const bf16 * bias, in
 // exponentials per thread, about a tenth of a 64-key tile's instructions.
 template <int NT>
 __device__ __forceinline__ void fa_softmax_lazy(float (&s)[NT][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], float esc) {
-    float mx[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        float m = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) m = fmaxf(m, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        mx[hh] = m * esc;
-    }
+    const float mx[2] = {fa_row_max<NT>(s, 0) * esc, fa_row_max<NT>(s, 1) * esc};
     if (__any_sync(0xffffffffu, mx[0] > mrow[0] + FA_SLACK || mx[1] > mrow[1] + FA_SLACK)) {  // −∞ + slack is −∞
 #pragma unroll
         for (int hh = 0; hh < 2; hh++) {
@@ -273,11 +274,7 @@ __device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], 
     if constexpr (!LAZY) {
 #pragma unroll
         for (int hh = 0; hh < 2; hh++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mx = fa_row_max<NT>(s, hh);
             const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
             const float corr = exp2f(mrow[hh] - muse);
             mrow[hh] = mnew;
@@ -750,11 +747,7 @@ template <int NT>
 __device__ __forceinline__ void fa_ovl_max(const float (&s)[NT][4], float (&mrow)[2], float (&muse)[2], float (&corr)[2], float esc) {
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mx = fa_row_max<NT>(s, hh);
         const float mnew = fmaxf(mrow[hh], mx * esc), mu = mnew == -INFINITY ? 0.0f : mnew;
         corr[hh] = exp2f(mrow[hh] - mu);
         mrow[hh] = mnew;
