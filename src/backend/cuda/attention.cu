@@ -226,6 +226,18 @@ template <int NT> __device__ __forceinline__ float fa_row_max(const float (&s)[N
     return fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
 }
 
+// P = 2^(s·esc − muse) in place for this thread's row hh of the tile; returns l plus the row's new partial sum.
+template <int NT> __device__ __forceinline__ float fa_row_exp(float (&s)[NT][4], int hh, float esc, float muse, float l) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
+        s[nt][2 * hh] = p0;
+        s[nt][2 * hh + 1] = p1;
+        l += p0 + p1;
+    }
+    return l;
+}
+
 // The online softmax's conditional rescaling (fa_softmax_lazy): a row's stored max moves only when the tile exceeds it
 // by more than this (log2 units).
 #define FA_SLACK 8.0f
@@ -252,18 +264,7 @@ __device__ __forceinline__ void fa_softmax_lazy(float (&s)[NT][4], float (&o)[8]
         }
     }
 #pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        const float muse = mrow[hh] == -INFINITY ? 0.0f : mrow[hh];
-        float l = lrow[hh];
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
-            s[nt][2 * hh] = p0;
-            s[nt][2 * hh + 1] = p1;
-            l += p0 + p1;
-        }
-        lrow[hh] = l;
-    }
+    for (int hh = 0; hh < 2; hh++) lrow[hh] = fa_row_exp<NT>(s, hh, esc, mrow[hh] == -INFINITY ? 0.0f : mrow[hh], lrow[hh]);
 }
 
 // Online softmax of one m16 tile: running max per row (log2 units), rescale O and the partial sums, S becomes
@@ -278,20 +279,12 @@ __device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], 
             const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
             const float corr = exp2f(mrow[hh] - muse);
             mrow[hh] = mnew;
-            float l = lrow[hh] * corr;
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
                 o[nt][2 * hh] *= corr;
                 o[nt][2 * hh + 1] *= corr;
             }
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                const float p0 = exp2f(fmaf(s[nt][2 * hh], esc, -muse)), p1 = exp2f(fmaf(s[nt][2 * hh + 1], esc, -muse));
-                s[nt][2 * hh] = p0;
-                s[nt][2 * hh + 1] = p1;
-                l += p0 + p1;
-            }
-            lrow[hh] = l;
+            lrow[hh] = fa_row_exp<NT>(s, hh, esc, muse, lrow[hh] * corr);
         }
     } else {
         fa_softmax_lazy<NT>(s, o, mrow, lrow, esc);
