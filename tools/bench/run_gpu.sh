@@ -3,12 +3,15 @@
 # process tree on the same card, full logs under $OUT and a short summary printed last.
 #
 # The binaries come prebuilt (the GPU machine has no OpenBLAS/cJSON/utf8proc development packages): build here with
-#   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-cuda -j
+#   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] [ncu] [notune] [nofuse] [nolanes] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit to those parts). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps, fp16 T5-XXL, random
-# weights) with the low_memory policy and entirely resident, reporting device memory (bench-pipeline). ncu: Nsight
-# Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper attention kernel at 1024².
+# [lowmem] [ncu] [notune] [nofuse] [nolanes] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
+# to those parts; BENCH_ARGS adds bench-cuda-mmdit options). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps,
+# fp16 T5-XXL, random weights) with the low_memory policy and entirely resident, reporting device memory
+# (bench-pipeline). ncu: Nsight Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper
+# attention kernel at 1024². notune / nofuse / nolanes: the 1024² (and 512²) step with SD3Q_CUDA_NO_TUNE / _NO_FUSE /
+# _NO_LANES set, for an A/B in one call.
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
 G=${G:-.gpu}
