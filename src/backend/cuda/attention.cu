@@ -613,6 +613,31 @@ __device__ __forceinline__ void fa_tma_kv(const fa_params & p, int t, bf16 * sk,
     tma_load_3d(sk, &p.kv[s], col, j0, b, bar);
     tma_load_3d(sv, &p.kv[s], col + (int)p.D, j0, b, bar);
 }
+
+// Issues the TMA loads of key tile u into its stage, u % NS.
+template <int BN, int NS>
+__device__ __forceinline__ void fa_tma_tile(const fa_params & p, int u, bf16 * sK, bf16 * sV, uint32_t bar, int b, int h) {
+    const int st = u % NS;
+    fa_tma_kv<BN>(p, u, sK + st * BN * FA_HD, sV + st * BN * FA_HD, bar + st * 8, b, h);
+}
+
+// The TMA variants' start: thread 0 initialises the NS "full" mbarriers, everyone loads Q (cp.async) and waits for it,
+// then thread 0 issues key tiles 0 .. PRE − 1.
+template <int BM, int BN, int NTHR, int NS, int PRE>
+__device__ __forceinline__ void fa_tma_prologue(const fa_params & p, const fa_qtile & q, bf16 * sQ, bf16 * sK, bf16 * sV, uint32_t bar,
+                                                int T, int b, int h, int tid) {
+    if (tid == 0) {
+        for (int st = 0; st < NS; st++) mbar_init(bar + st * 8, 1);
+        fence_mbar_init();
+    }
+    fa_load_q<BM, NTHR>(p, q, sQ, tid);
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // Q landed for everyone; the mbarriers are initialised
+    static_assert(PRE < NS, "tile u < NS goes to stage u");
+    if (tid == 0)
+        for (int u = 0; u < PRE && u < T; u++) fa_tma_kv<BN>(p, u, sK + u * BN * FA_HD, sV + u * BN * FA_HD, bar + u * 8, b, h);
+}
 #endif
 
 // One block: WG warpgroups × 64 query rows of one (query tile, head, batch); key tiles of BN keys in an NS-stage ring.
@@ -633,20 +658,8 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     const fa_qtile q = fa_query_tile<BM>(p, b, h);
     if (!q.out) return;
     const int nq = q.nq, q0 = q.q0, T = p.kt0[p.nseg];
-    if (TMA) {
-        if (tid == 0) {
-            for (int st = 0; st < NS; st++) mbar_init(bar + st * 8, 1);
-            fence_mbar_init();
-        }
-        fa_load_q<BM, NTHR>(p, q, sQ, tid);
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();  // Q landed for everyone; the mbarriers are initialised
-        if (tid == 0)
-            for (int st = 0; st < NS - 1 && st < T; st++) fa_tma_kv<BN>(p, st, sK + st * BN * FA_HD, sV + st * BN * FA_HD, bar + st * 8, b, h);
-    } else {
-        fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
-    }
+    if (TMA) fa_tma_prologue<BM, BN, NTHR, NS, NS - 1>(p, q, sQ, sK, sV, bar, T, b, h, tid);
+    else fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
     const bf16 * qwg = sQ + wg * 64 * FA_HD;  // this warpgroup's 64 rows (8 KiB: stays 1024-byte aligned)
     float o[8][4], mrow[2], lrow[2];
     fa_wg_acc_init(o, mrow, lrow);
@@ -658,10 +671,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         if (TMA) {
             mbar_wait(bar + (t % NS) * 8, (t / NS) & 1);  // tile t landed (use t / NS of its stage) ...
             __syncthreads();  // ... and every warpgroup is done with tile t − 1, whose stage the next load refills
-            if (tid == 0 && t + NS - 1 < T) {
-                const int nb = (t + NS - 1) % NS;
-                fa_tma_kv<BN>(p, t + NS - 1, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, bar + nb * 8, b, h);
-            }
+            if (tid == 0 && t + NS - 1 < T) fa_tma_tile<BN, NS>(p, t + NS - 1, sK, sV, bar, b, h);
         } else {
             cp_async_wait<FA_STAGES - 2>();  // tile t (and Q) landed for this thread's copies ...
             fence_proxy_async();             // ... visible to the tensor cores ...
@@ -794,10 +804,7 @@ __device__ __forceinline__ void fa_ovl_tile(const fa_params & p, int t, int T, f
         if (TMA) {
             mbar_wait(bar + ((t + 1) % NS) * 8, ((t + 1) / NS) & 1);  // tile t + 1 landed ...
             __syncthreads();  // ... and stage (t − 2) % NS is free (as below)
-            if (tid == 0 && t + NS - 2 < T) {
-                const int nb = (t + NS - 2) % NS;
-                fa_tma_kv<BN>(p, t + NS - 2, sK + nb * BN * FA_HD, sV + nb * BN * FA_HD, bar + nb * 8, b, h);
-            }
+            if (tid == 0 && t + NS - 2 < T) fa_tma_tile<BN, NS>(p, t + NS - 2, sK, sV, bar, b, h);
         } else {
             cp_async_wait<NS - 4>();  // tile t + 1 landed for this thread's copies (the NS − 4 newer groups may still fly) ...
             fence_proxy_async();      // ... visible to the tensor cores ...
@@ -873,27 +880,15 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_ovl_kernel(co
     const fa_qtile q = fa_query_tile<BM>(p, b, h);
     if (!q.out) return;
     const int T = p.kt0[p.nseg];
-    if (TMA) {
-        if (tid == 0) {
-            for (int st = 0; st < NS; st++) mbar_init(bar + st * 8, 1);
-            fence_mbar_init();
-        }
-        fa_load_q<BM, NTHR>(p, q, sQ, tid);
-        __syncthreads();  // the mbarriers are initialised
-        if (tid == 0)
-            for (int st = 0; st < NS - 2 && st < T; st++) fa_tma_kv<BN>(p, st, sK + st * BN * FA_HD, sV + st * BN * FA_HD, bar + st * 8, b, h);
-    } else {
-        fa_prologue<BM, BN, NTHR, NS - 2>(p, q, sQ, sK, sV, T, b, h, tid);
-    }
+    if (TMA) fa_tma_prologue<BM, BN, NTHR, NS, NS - 2>(p, q, sQ, sK, sV, bar, T, b, h, tid);
+    else fa_prologue<BM, BN, NTHR, NS - 2>(p, q, sQ, sK, sV, T, b, h, tid);
     float o[8][4], mrow[2], lrow[2];
     fa_wg_acc_init(o, mrow, lrow);
     const float esc = p.bias ? 1.0f : p.sl2;
     const int rbase = wg * 64 + warp * 16 + (lane >> 2);  // this thread's rows in the tile: rbase, rbase + 8
 
     if (TMA) {
-        cp_async_wait<0>();  // Q landed ...
-        fence_proxy_async();
-        mbar_wait(bar, 0);   // ... and tile 0
+        mbar_wait(bar, 0);  // tile 0 landed (Q did in the prologue)
     } else {
         cp_async_wait<NS - 3>();  // Q and tile 0 landed (tiles 1 .. NS − 3 may still fly)
         fence_proxy_async();
