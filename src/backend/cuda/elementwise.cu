@@ -193,7 +193,7 @@ void gate_residual_cuda(struct cuda_backend * c, bf16 * x, const bf16 * y, const
     int64_t n = B * T * D;
     if (n <= 0) return;
     int vec = D % 8 == 0 && aligned_to(x, 16) && aligned_to(y, 16) && (!gate || (aligned_to(gate, 16) && mod_stride % 8 == 0)) &&
-              B * T <= 0x7fffffff && T <= 0x7fffffff;
+              B * T <= 0x7fffffff;  // rows and T as int in the kernel
     if (vec) {
         const int64_t rows = B * T;
         dim3 grid((unsigned)((D / 8 + GR_THREADS - 1) / GR_THREADS), (unsigned)(rows < 65535 ? rows : 65535));
