@@ -4,9 +4,9 @@
  *
  * Reader: every malformed file of the issue list (empty, < 8 bytes, header length past EOF / over 100 MB, header not
  * JSON / not an object, unknown dtype, bad shapes incl. element-count and byte-size overflow, bad data_offsets,
- * begin > end, span ≠ numel·size, data past EOF, overlaps, holes and trailing bytes, duplicates, bad __metadata__, > 8 dims, empty names, ...)
- * is written to a real file and opened with st_open; each must fail with the expected status and a message that
- * names the file and the tensor or field. A valid file is also cut at every length (st_parse on an exact-size heap
+ * begin > end, span ≠ numel·size, data past EOF, overlaps, holes and trailing bytes, duplicates, bad __metadata__,
+ * > 8 dims, empty names, ...) is written to a real file and opened with st_open; each must fail with the expected
+ * status and a message that names the file and the tensor or field. A valid file is also cut at every length (st_parse on an exact-size heap
  * copy, so ASan sees any over-read). Valid edge cases load with the right shapes and bytes: all eight dtypes,
  * zero-size tensors, scalars, metadata, 8 dims, padded headers. Files are built byte by byte here, not with st_write.
  *

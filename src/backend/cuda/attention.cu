@@ -268,26 +268,22 @@ __device__ __forceinline__ void fa_softmax_lazy(float (&s)[NT][4], float (&o)[8]
 }
 
 // Online softmax of one m16 tile: running max per row (log2 units), rescale O and the partial sums, S becomes
-// P = 2^(s·esc − max). LAZY: conditional rescaling (fa_softmax_lazy; the wgmma kernels); without it every tile rescales,
-// one row at a time, the order the mma.sync kernels were tuned with.
-template <int NT, bool LAZY>
+// P = 2^(s·esc − max). Every tile rescales, one row at a time, the order the mma.sync kernels were tuned with (the
+// wgmma kernel uses fa_softmax_lazy).
+template <int NT>
 __device__ __forceinline__ void fa_softmax(float (&s)[NT][4], float (&o)[8][4], float (&mrow)[2], float (&lrow)[2], float esc) {
-    if constexpr (!LAZY) {
 #pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            const float mx = fa_row_max<NT>(s, hh);
-            const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
-            const float corr = exp2f(mrow[hh] - muse);
-            mrow[hh] = mnew;
+    for (int hh = 0; hh < 2; hh++) {
+        const float mx = fa_row_max<NT>(s, hh);
+        const float mnew = fmaxf(mrow[hh], mx * esc), muse = mnew == -INFINITY ? 0.0f : mnew;
+        const float corr = exp2f(mrow[hh] - muse);
+        mrow[hh] = mnew;
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                o[nt][2 * hh] *= corr;
-                o[nt][2 * hh + 1] *= corr;
-            }
-            lrow[hh] = fa_row_exp<NT>(s, hh, esc, muse, lrow[hh] * corr);
+        for (int nt = 0; nt < 8; nt++) {
+            o[nt][2 * hh] *= corr;
+            o[nt][2 * hh + 1] *= corr;
         }
-    } else {
-        fa_softmax_lazy<NT>(s, o, mrow, lrow, esc);
+        lrow[hh] = fa_row_exp<NT>(s, hh, esc, muse, lrow[hh] * corr);
     }
 }
 
@@ -410,7 +406,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) flash_attn_kernel(const fa_p
                 fa_mask<NT>(s[mt], p.bias, p.causal, p.sl2, p.L, kvalid, kglob, q0 + warp * MT * 16 + mt * 16 + (lane >> 2), nq, h, lane);
 
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) fa_softmax<NT, false>(s[mt], o[mt], mrow[mt], lrow[mt], esc);
+        for (int mt = 0; mt < MT; mt++) fa_softmax<NT>(s[mt], o[mt], mrow[mt], lrow[mt], esc);
 
         // O += P·V
 #pragma unroll
@@ -693,7 +689,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         const int kvalid = kc.n - kc.j0, kglob = kc.koff + kc.j0;
         fa_kcursor_next<BN>(p, kc, t);
         if (kvalid < BN || p.causal || p.bias) fa_mask<NT>(s, p.bias, p.causal, p.sl2, p.L, kvalid, kglob, q0 + rbase, nq, h, lane);
-        fa_softmax<NT, true>(s, o, mrow, lrow, esc);
+        fa_softmax_lazy<NT>(s, o, mrow, lrow, esc);
 
         // O += P·V: k16 step kk takes keys 16kk.. (two n8 tiles of S); V rows of those keys start 2048 bytes apart
         uint32_t pa[NT / 2][4];

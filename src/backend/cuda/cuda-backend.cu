@@ -509,9 +509,9 @@ static void cu_transpose(struct backend * bk, void * y, const void * x, int64_t 
 
 // ---- creation -----------------------------------------------------------------------------------------------------
 
-// Two queues (see backend.h): the MMDiT's text stream runs on s_side beside the image stream, whose Linears fill the GPU
-// while the text stream's (333 tokens per image: 163–395 TFLOP/s alone on an H100) do not. Each queue has its own
-// cuBLAS(Lt) workspace, so GEMMs on both never share one. A deferred Linear is launched before any switch.
+// Two queues (see backend.h): the MMDiT's text stream runs on s_side beside the image stream, whose Linears fill the
+// GPU while the text stream's (333 tokens per image: 141–395 TFLOP/s alone on an H100 or H200) do not. Each queue has
+// its own cuBLAS(Lt) workspace, so GEMMs on both never share one. A deferred Linear is launched before any switch.
 static void cu_lane(struct backend * bk, int op) {
     struct cuda_backend * c = C_;
     flush(c);
