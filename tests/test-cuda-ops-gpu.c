@@ -297,6 +297,43 @@ static void test_gate_add(void) {
     cmp("add n=1003", dget(dy, n), ref, n, TMAX, TL2);
 }
 
+// gate_ln_modulate against gate_residual then ln_modulate: bit for bit against those two ops on the GPU (the fused
+// kernel repeats their arithmetic) and within the bounds against the reference; at every vector-path width, at a
+// scalar width (the two kernels), with h = y (as the MMDiT's post-attention call) and with gate rows and modulation
+// rows of different strides (as its last gate with the next block's LN).
+static void test_gate_ln(void) {
+    CHECK(bk->ops->gate_ln_modulate != NULL);
+    if (!bk->ops->gate_ln_modulate) return;
+    const int64_t Ds[6] = {1536, 64, 2432, 3072, 37, 1536};
+    for (int di = 0; di < 6; di++) {
+        const int alias = di == 5;
+        int64_t B = 2, T = 17, D = Ds[di], gs = 6 * D, ms = alias ? 6 * D : 2 * D, n = B * T * D;
+        float * x = hrand(n, 2.0f), * y = hrand(n, 1.0f), * gm = hrand(B * gs, 0.5f), * mm = hrand(B * ms, 0.5f);
+        for (int64_t i = 0; i < n; i++) x[i] += 0.7f;  // a non-zero mean
+        round_bf16(x, n);
+        float * rx = hcopy(x, n), * rh = hkeep(malloc(sizeof(float) * (size_t)n));
+        ref_gate_residual(rx, y, gm + 2 * D, B, T, D, gs);
+        ref_ln_modulate(rh, rx, B, T, D, mm, mm + D, ms, 1e-6f);
+        void * dg = dup_(gm, B * gs), * dm = dup_(mm, B * ms);
+        void * ux = dup_(x, n), * uy = dup_(y, n), * uh = alias ? uy : dnew(n);
+        void * fx = dup_(x, n), * fy = dup_(y, n), * fh = alias ? fy : dnew(n);
+        if (!alias) poison(uh, n), poison(fh, n);
+        bk->ops->gate_residual(bk, ux, uy, at(dg, 2 * D), B, T, D, gs);
+        bk->ops->ln_modulate(bk, uh, ux, B, T, D, dm, at(dm, D), ms, 1e-6f);
+        bk->ops->gate_ln_modulate(bk, fh, fx, fy, at(dg, 2 * D), gs, B, T, D, dm, at(dm, D), ms, 1e-6f);
+        char name[96];
+        const float * gh = dget(fh, n), * gx = dget(fx, n);
+        snprintf(name, sizeof name, "gate_ln_modulate D=%lld%s: h = two ops'", (long long)D, alias ? " h=y" : "");
+        cmp(name, gh, dget(uh, n), n, 0, 0);
+        snprintf(name, sizeof name, "gate_ln_modulate D=%lld%s: x = two ops'", (long long)D, alias ? " h=y" : "");
+        cmp(name, gx, dget(ux, n), n, 0, 0);
+        snprintf(name, sizeof name, "gate_ln_modulate D=%lld%s: h", (long long)D, alias ? " h=y" : "");
+        cmp(name, gh, rh, n, TMAX, TL2);
+        snprintf(name, sizeof name, "gate_ln_modulate D=%lld%s: x", (long long)D, alias ? " h=y" : "");
+        cmp(name, gx, rx, n, TMAX, TL2);
+    }
+}
+
 // ln_modulate, layernorm, rmsnorm, rmsnorm_heads and group_norm at odd and model sizes.
 static void test_norms(void) {
     // widths of every vector-path kernel (one warp per row with 2, 6 or 10 chunks per lane, a block per row) and the
@@ -644,7 +681,7 @@ struct test {
 
 static const struct test tests[] = {
     {"transfer", test_transfer}, {"linear", test_linear}, {"act", test_act}, {"gate", test_gate_add},
-    {"norm", test_norms}, {"attention", test_attention}, {"layout", test_layout}, {"conv", test_conv},
+    {"gate_ln", test_gate_ln}, {"norm", test_norms}, {"attention", test_attention}, {"layout", test_layout}, {"conv", test_conv},
     {"weights", test_weights}, {"eviction", test_eviction}, {"lanes", test_lanes}, {"errors", test_errors},
 };
 

@@ -157,6 +157,12 @@ struct backend_ops {
     // backend_lane. Between a FORK and the next JOIN the caller keeps the two queues on disjoint buffers (or orders
     // them with FORK/JOIN); transfers, sync and release wait for both queues.
     void (*lane)(struct backend * bk, int op);
+
+    // gate_residual then ln_modulate: x[b, t, :] += gate[b, :] ⊙ y[b, t, :] (gate rows gate_stride apart), then
+    // h[b, t, :] = LN(x[b, t, :]) · (1 + scale[b, :]) + shift[b, :] (rows mod_stride apart) — the two calls' values from
+    // one pass over x. h may be y. NULL: the caller makes the two calls.
+    void (*gate_ln_modulate)(struct backend * bk, void * h, void * x, const void * y, const void * gate, int64_t gate_stride,
+                             int64_t B, int64_t T, int64_t D, const void * shift, const void * scale, int64_t mod_stride, float eps);
 };
 
 struct backend {

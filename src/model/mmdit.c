@@ -389,6 +389,17 @@ static void * take(struct arena * ar, size_t esz, int64_t n) {
 // Element offset helper for backend pointers of element size esz.
 static void * at(const void * p, size_t esz, int64_t i) { return (uint8_t *)p + (size_t)i * esz; }
 
+// x += gate ⊙ y, then h = LN(x) · (1 + scale) + shift: one op where the backend fuses the two (one pass over x).
+static void gate_then_ln(const struct backend_ops * o, struct backend * bk, void * h, void * x, const void * y, const void * gate,
+                         int64_t gs, int64_t B, int64_t T, int64_t D, const void * shift, const void * scale, int64_t ms) {
+    if (o->gate_ln_modulate) {
+        o->gate_ln_modulate(bk, h, x, y, gate, gs, B, T, D, shift, scale, ms, LN_EPS);
+    } else {
+        o->gate_residual(bk, x, y, gate, B, T, D, gs);
+        o->ln_modulate(bk, h, x, B, T, D, shift, scale, ms, LN_EPS);
+    }
+}
+
 void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * ar, const struct mmdit_io * io,
                    const struct mmdit_hook * hook) {
     const struct mmdit_config * c = &m->cfg;
@@ -466,16 +477,18 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
     LANE(BACKEND_LANE_FORK);  // the text stream starts after the modulation vectors and its embedding
 
     char nm[64];
+    int ln_done[2] = {0, 0};  // stream s's next modulated LN (this block's first, or the final layer's) is already in its h
     for (int i = 0; i < c->depth; i++) {
         const struct mmdit_block * blk = &m->blocks[i];
         const int dual = c->dual[i], pre = blk->txt.pre_only;
         void * mi = mods[2 * i], * mt = mods[2 * i + 1];
         const int64_t si = blk->img.nmod * D, stx = blk->txt.nmod * D;  // modulation row strides
-        // pre-attention: modulated LN and q|k|v of both streams
-        o->ln_modulate(bk, himg, img, B, N, D, mi, at(mi, esz, D), si, LN_EPS);
+        // pre-attention: modulated LN (unless the previous block's last gate made it) and q|k|v of both streams
+        if (!ln_done[0]) o->ln_modulate(bk, himg, img, B, N, D, mi, at(mi, esz, D), si, LN_EPS);
         LANE(BACKEND_LANE_SIDE);
-        o->ln_modulate(bk, htxt, txt, B, L, D, mt, at(mt, esz, D), stx, LN_EPS);
+        if (!ln_done[1]) o->ln_modulate(bk, htxt, txt, B, L, D, mt, at(mt, esz, D), stx, LN_EPS);
         LANE(BACKEND_LANE_MAIN);
+        ln_done[0] = ln_done[1] = 0;
         snprintf(nm, sizeof nm, "mm%d.img.attn.qkv", i);
         linear_input(hook, nm, himg, B, N, D);
         o->linear(bk, qimg, himg, B * N, &blk->img.qkv_w, &blk->img.qkv_b);
@@ -520,14 +533,15 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             snprintf(nm, sizeof nm, "mm%d.%s.attn.proj", i, sn);
             linear_input(hook, nm, a, B, Tn, D);
             o->linear(bk, h, a, B * Tn, &st->proj_w, &st->proj_b);
-            o->gate_residual(bk, x, h, at(mo, esz, 2 * D), B, Tn, D, ms);
             if (s == 0 && dual) {
+                o->gate_residual(bk, x, h, at(mo, esz, 2 * D), B, Tn, D, ms);
                 snprintf(nm, sizeof nm, "mm%d.img.attn2.proj", i);
                 linear_input(hook, nm, a2, B, N, D);
                 o->linear(bk, h, a2, B * N, &st->proj2_w, &st->proj2_b);
-                o->gate_residual(bk, x, h, at(mo, esz, 8 * D), B, N, D, ms);
+                gate_then_ln(o, bk, h, x, h, at(mo, esz, 8 * D), ms, B, N, D, at(mo, esz, 3 * D), at(mo, esz, 4 * D), ms);
+            } else {
+                gate_then_ln(o, bk, h, x, h, at(mo, esz, 2 * D), ms, B, Tn, D, at(mo, esz, 3 * D), at(mo, esz, 4 * D), ms);
             }
-            o->ln_modulate(bk, h, x, B, Tn, D, at(mo, esz, 3 * D), at(mo, esz, 4 * D), ms, LN_EPS);
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc1", i, sn);
             linear_input(hook, nm, h, B, Tn, D);
             o->linear(bk, hid, h, B * Tn, &st->fc1_w, &st->fc1_b);
@@ -535,7 +549,19 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
             snprintf(nm, sizeof nm, "mm%d.%s.mlp.fc2", i, sn);
             linear_input(hook, nm, hid, B, Tn, F);
             o->linear(bk, a, hid, B * Tn, &st->fc2_w, &st->fc2_b);
-            o->gate_residual(bk, x, a, at(mo, esz, 5 * D), B, Tn, D, ms);
+            // the last gate, with the stream's next modulated LN when there is one: the next block's first, or (image)
+            // the final layer's
+            if (i + 1 < c->depth) {
+                const struct mmdit_stream * nx = s ? &m->blocks[i + 1].txt : &m->blocks[i + 1].img;
+                void * nmods = mods[2 * (i + 1) + s];
+                gate_then_ln(o, bk, h, x, a, at(mo, esz, 5 * D), ms, B, Tn, D, nmods, at(nmods, esz, D), nx->nmod * D);
+                ln_done[s] = 1;
+            } else if (s == 0) {
+                gate_then_ln(o, bk, h, x, a, at(mo, esz, 5 * D), ms, B, Tn, D, fmod, at(fmod, esz, D), 2 * D);
+                ln_done[0] = 1;
+            } else {
+                o->gate_residual(bk, x, a, at(mo, esz, 5 * D), B, Tn, D, ms);
+            }
         }
         LANE(BACKEND_LANE_MAIN);
         snprintf(nm, sizeof nm, "block%d.img", i);
@@ -549,8 +575,8 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
     LANE(BACKEND_LANE_JOIN);  // the side queue's last work is done before the pass ends
 #undef LANE
 
-    // final adaLN layer and un-patchify
-    o->ln_modulate(bk, himg, img, B, N, D, fmod, at(fmod, esz, D), 2 * D, LN_EPS);
+    // final adaLN layer (its LN made with the last block's gate unless that block had no image MLP) and un-patchify
+    if (!ln_done[0]) o->ln_modulate(bk, himg, img, B, N, D, fmod, at(fmod, esz, D), 2 * D, LN_EPS);
     o->linear(bk, fin, himg, B * N, &m->fin_w, &m->fin_b);
     observe(hook, "final_tokens", fin, B, N, p * p * c->out_ch);
     o->unpatchify(bk, io->out, fin, B, c->out_ch, gh, gw, p);

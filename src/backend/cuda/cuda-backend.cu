@@ -442,6 +442,13 @@ static void cu_gate_residual(struct backend * bk, void * x, const void * y, cons
     gate_residual_cuda(C_, B16(x), CB16(y), CB16(gate), B, T, D, mod_stride);
 }
 
+// x += gate ⊙ y, then h = LN(x) modulated, in one kernel.
+static void cu_gate_ln_modulate(struct backend * bk, void * h, void * x, const void * y, const void * gate, int64_t gate_stride, int64_t B,
+                                int64_t T, int64_t D, const void * shift, const void * scale, int64_t mod_stride, float eps) {
+    flush(C_);
+    gate_ln_modulate_cuda(C_, B16(h), B16(x), CB16(y), CB16(gate), gate_stride, B, T, D, CB16(shift), CB16(scale), mod_stride, eps);
+}
+
 // y += x (a gate-free gate_residual).
 static void cu_add(struct backend * bk, void * y, const void * x, int64_t n) {
     flush(C_);
@@ -600,6 +607,7 @@ static const struct backend_ops cuda_ops = {
     /* prepare       */ cu_prepare,
     /* release       */ cu_release,
     /* lane          */ cu_lane,
+    /* gate_ln_mod.  */ cu_gate_ln_modulate,
 };
 
 // Picks the device: $SD3Q_CUDA_DEVICE or 0.

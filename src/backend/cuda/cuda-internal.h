@@ -185,6 +185,8 @@ void bias_channels_cuda(struct cuda_backend * c, bf16 * y, const bf16 * bias, in
 // norm.cu
 void ln_modulate_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t B, int64_t T, int64_t D, const bf16 * shift,
                       const bf16 * scale, int64_t mod_stride, float eps);
+void gate_ln_modulate_cuda(struct cuda_backend * c, bf16 * h, bf16 * x, const bf16 * y, const bf16 * gate, int64_t gate_stride, int64_t B,
+                           int64_t T, int64_t D, const bf16 * shift, const bf16 * scale, int64_t mod_stride, float eps);
 void layernorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, const bf16 * b,
                     float eps);
 void rmsnorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, float eps);

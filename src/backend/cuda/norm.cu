@@ -5,7 +5,9 @@
  * Parallelisation. Row norms: on the vector path (D a multiple of 8, 16-byte aligned pointers, D ≤ NORM_THREADS·8·
  * NORM_VMAX) one warp per row up to D = 2560 (four rows per block), one block of NORM_THREADS threads per row above;
  * each thread keeps its chunks of 8 values in registers, so the row is read once: mean, then the variance around it
- * (two passes over registers, f32), then the output. Otherwise the scalar path reads the row from global memory per pass. Block reductions go through warp shuffles
+ * (two passes over registers, f32), then the output; gate_ln_modulate first adds gate ⊙ y to the row in the same pass
+ * (the MMDiT's gated residual and the next modulated LN: x is read once instead of twice). Otherwise the scalar path
+ * reads the row from global memory per pass. Block reductions go through warp shuffles
  * and a 32-float shared array. Per-head RMSNorm: one warp per (row, head). GroupNorm: a group's C/G channels × HW
  * pixels are contiguous; a first kernel writes per-chunk partial sums of (x − x₀) and (x − x₀)² (x₀ = the group's
  * first value, which keeps the one-pass variance well conditioned) in double, a second kernel reduces a group's
@@ -40,6 +42,9 @@ struct rownorm_args {
     const bf16 * w, * b;        // affine weight/bias (each optional)
     float        eps;
     int          rms;           // 1: RMSNorm (no mean)
+    bf16 *       gx;            // gate_ln_modulate: x (= the x above) gets gate[b, :] ⊙ gy first, in place
+    const bf16 * gy, * gate;
+    int64_t      gs;            // gate row stride
 };
 
 // Applies the affine part to one normalised value at column i of a row in batch element bi.
@@ -67,7 +72,9 @@ template <int TPR> __device__ __forceinline__ float row_sum(float v, float * red
 // registers (f32). With one block per row, 1536-wide rows ran at about a quarter of the memory bandwidth on an H100
 // (ncu: 38.6 µs for 8192 rows, 886 GB/s): four block barriers per row and 1.5 chunks per thread left too few loads in
 // flight. Rows past the end (the last block's spare warps) return at once.
-template <int TPR, int VMAX>
+// GATE (gate_ln_modulate): the row is first x + gate ⊙ gy, rounded to bf16 and written back, with gate_residual's
+// arithmetic, and normalised from those bf16 values, so the result is bit for bit the two kernels' (test-cuda-ops-gpu).
+template <int TPR, int VMAX, bool GATE>
 __global__ void __launch_bounds__(NORM_THREADS) rownorm_vec_kernel(rownorm_args a, int64_t rows) {
     __shared__ float red[32];
     const int64_t r = (int64_t)blockIdx.x * (NORM_THREADS / TPR) + threadIdx.x / TPR;
@@ -77,13 +84,33 @@ __global__ void __launch_bounds__(NORM_THREADS) rownorm_vec_kernel(rownorm_args 
     const bf16 * x = a.x + r * a.D;
     bf16 * y = a.y + r * a.D;
     const int nch = (int)(a.D / 8);
-    uint4 xv[VMAX], sv[VMAX], hv[VMAX];
+    uint4 xv[VMAX], sv[VMAX], hv[VMAX], yv[GATE ? VMAX : 1], gv[GATE ? VMAX : 1];
 #pragma unroll
     for (int j = 0; j < VMAX; j++) {
         const int k = t + j * TPR;
         if (k < nch) {
             xv[j] = *(const uint4 *)(x + 8 * k);
+            if (GATE) yv[j] = *(const uint4 *)(a.gy + r * a.D + 8 * k), gv[j] = *(const uint4 *)(a.gate + bi * a.gs + 8 * k);
             if (a.scale) sv[j] = *(const uint4 *)(a.scale + bi * a.ms + 8 * k), hv[j] = *(const uint4 *)(a.shift + bi * a.ms + 8 * k);
+        }
+    }
+    if (GATE) {
+#pragma unroll
+        for (int j = 0; j < VMAX; j++) {
+            const int k = t + j * TPR;
+            if (k < nch) {
+                __nv_bfloat162 * h = (__nv_bfloat162 *)&xv[j];
+                const __nv_bfloat162 * yy = (const __nv_bfloat162 *)&yv[j], * gg = (const __nv_bfloat162 *)&gv[j];
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    float2 f = __bfloat1622float2(h[q]);
+                    const float2 fy = __bfloat1622float2(yy[q]), fg = __bfloat1622float2(gg[q]);
+                    f.x += fg.x * fy.x;
+                    f.y += fg.y * fy.y;
+                    h[q] = __floats2bfloat162_rn(f.x, f.y);
+                }
+                *(uint4 *)(a.gx + r * a.D + 8 * k) = xv[j];
+            }
         }
     }
     float s = 0;
@@ -156,6 +183,23 @@ __global__ void __launch_bounds__(NORM_THREADS) rownorm_kernel(rownorm_args a) {
         y[i] = __float2bfloat16_rn(norm_out(a, (__bfloat162float(x[i]) - mean) * rstd, bi, i));
 }
 
+// Whether rows of a.D fit the vector path (widths and 16-byte alignment of every pointer it reads or writes).
+static bool rownorm_vec_ok(const rownorm_args & a) {
+    return a.D % 8 == 0 && a.D <= (int64_t)NORM_THREADS * 8 * NORM_VMAX && aligned_to(a.x, 16) && aligned_to(a.y, 16) &&
+           (!a.scale || (aligned_to(a.scale, 16) && aligned_to(a.shift, 16) && a.ms % 8 == 0)) && (!a.w || aligned_to(a.w, 16)) &&
+           (!a.b || aligned_to(a.b, 16)) && (!a.gx || (aligned_to(a.gy, 16) && aligned_to(a.gate, 16) && a.gs % 8 == 0));
+}
+
+// Launches the vector path for rows × a.D (rownorm_vec_ok): one warp per row up to 2560 columns, else a block.
+template <bool GATE> static void rownorm_vec(struct cuda_backend * c, const rownorm_args & a, int64_t rows) {
+    const int64_t nch = a.D / 8, wb = (rows + NORM_THREADS / 32 - 1) / (NORM_THREADS / 32);  // blocks of 4 one-warp rows
+    if (nch <= 32 * 2) rownorm_vec_kernel<32, 2, GATE><<<(unsigned)wb, NORM_THREADS, 0, c->stream>>>(a, rows);
+    else if (nch <= 32 * 6) rownorm_vec_kernel<32, 6, GATE><<<(unsigned)wb, NORM_THREADS, 0, c->stream>>>(a, rows);  // SD3(.5)-Medium
+    else if (nch <= 32 * 10) rownorm_vec_kernel<32, 10, GATE><<<(unsigned)wb, NORM_THREADS, 0, c->stream>>>(a, rows);  // SD3.5-Large
+    else rownorm_vec_kernel<NORM_THREADS, NORM_VMAX, GATE><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(a, rows);
+    LAUNCHED(c, GATE ? "rownorm_vec_kernel (gate)" : "rownorm_vec_kernel");
+}
+
 // Picks the vector or scalar path for rows × D.
 static void rownorm(struct cuda_backend * c, const rownorm_args & a, int64_t rows) {
     if (rows <= 0 || a.D <= 0) return;
@@ -163,16 +207,8 @@ static void rownorm(struct cuda_backend * c, const rownorm_args & a, int64_t row
         cuda_fail(c, SD3Q_ERR_UNSUPPORTED, "norm: %lld rows exceed the grid", (long long)rows);
         return;
     }
-    bool vec = a.D % 8 == 0 && a.D <= (int64_t)NORM_THREADS * 8 * NORM_VMAX && aligned_to(a.x, 16) && aligned_to(a.y, 16) &&
-               (!a.scale || (aligned_to(a.scale, 16) && aligned_to(a.shift, 16) && a.ms % 8 == 0)) && (!a.w || aligned_to(a.w, 16)) &&
-               (!a.b || aligned_to(a.b, 16));
-    if (vec) {
-        const int64_t nch = a.D / 8, wb = (rows + NORM_THREADS / 32 - 1) / (NORM_THREADS / 32);  // blocks of 4 one-warp rows
-        if (nch <= 32 * 2) rownorm_vec_kernel<32, 2><<<(unsigned)wb, NORM_THREADS, 0, c->stream>>>(a, rows);
-        else if (nch <= 32 * 6) rownorm_vec_kernel<32, 6><<<(unsigned)wb, NORM_THREADS, 0, c->stream>>>(a, rows);  // SD3(.5)-Medium
-        else if (nch <= 32 * 10) rownorm_vec_kernel<32, 10><<<(unsigned)wb, NORM_THREADS, 0, c->stream>>>(a, rows);  // SD3.5-Large
-        else rownorm_vec_kernel<NORM_THREADS, NORM_VMAX><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(a, rows);
-        LAUNCHED(c, "rownorm_vec_kernel");
+    if (rownorm_vec_ok(a)) {
+        rownorm_vec<false>(c, a, rows);
     } else {
         rownorm_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(a);
         LAUNCHED(c, "rownorm_kernel");
@@ -182,20 +218,34 @@ static void rownorm(struct cuda_backend * c, const rownorm_args & a, int64_t row
 // LayerNorm (no affine) then ·(1 + scale) + shift per batch element.
 void ln_modulate_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t B, int64_t T, int64_t D, const bf16 * shift,
                       const bf16 * scale, int64_t mod_stride, float eps) {
-    rownorm_args a = {y, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0};
+    rownorm_args a = {y, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0, NULL, NULL, NULL, 0};
     rownorm(c, a, B * T);
+}
+
+// gate_residual then ln_modulate in one pass over x where the vector path applies (x read once, not twice), else the
+// two kernels; the same values either way.
+void gate_ln_modulate_cuda(struct cuda_backend * c, bf16 * h, bf16 * x, const bf16 * y, const bf16 * gate, int64_t gate_stride, int64_t B,
+                           int64_t T, int64_t D, const bf16 * shift, const bf16 * scale, int64_t mod_stride, float eps) {
+    rownorm_args a = {h, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0, x, y, gate, gate_stride};
+    const int64_t rows = B * T;
+    if (c->fuse && gate && rows > 0 && rows <= 0x7fffffff && rownorm_vec_ok(a)) {
+        rownorm_vec<true>(c, a, rows);
+        return;
+    }
+    gate_residual_cuda(c, x, y, gate, B, T, D, gate_stride);
+    ln_modulate_cuda(c, h, x, B, T, D, shift, scale, mod_stride, eps);
 }
 
 // LayerNorm with optional affine weight and bias.
 void layernorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, const bf16 * b,
                     float eps) {
-    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, b, eps, 0};
+    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, b, eps, 0, NULL, NULL, NULL, 0};
     rownorm(c, a, rows);
 }
 
 // RMSNorm with weight.
 void rmsnorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, float eps) {
-    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, NULL, eps, 1};
+    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, NULL, eps, 1, NULL, NULL, NULL, 0};
     rownorm(c, a, rows);
 }
 
