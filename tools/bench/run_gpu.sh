@@ -6,12 +6,15 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] [ncu] [notune] [nofuse] [nolanes] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
+# [lowmem] [ncu] [notune] [nofuse] [nolanes] [ab] [clocks] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
 # to those parts; BENCH_ARGS adds bench-cuda-mmdit options). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps,
 # fp16 T5-XXL, random weights) with the low_memory policy and entirely resident, reporting device memory
 # (bench-pipeline). ncu: Nsight Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper
 # attention kernel at 1024². notune / nofuse / nolanes: the 1024² (and 512²) step with SD3Q_CUDA_NO_TUNE / _NO_FUSE /
-# _NO_LANES set, for an A/B in one call.
+# _NO_LANES set, for an A/B in one call. ab: the 512² and 1024² steps of $G/bin/bench-cuda-mmdit-base (a build of another
+# commit, copied there by hand) and of this build, alternating, twice. clocks: the SM clock, power draw and clock-event
+# reasons (nvidia-smi, every 100 ms) during 300 steps at 1024².
+# The binaries may also come as $G/bins.tar.xz (bin/ packed with xz: a third of the size), unpacked here first.
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
 G=${G:-.gpu}
@@ -21,6 +24,7 @@ src=$(grep -a -o -m1 "/[[:alnum:]/._-]*/tests/golden/mmdit" "$G/bin/test-cuda-mm
 [ -n "$src" ] && [ ! -e "$src/tests/golden" ] && mkdir -p "$(dirname "$src")" && ln -sfn "$PWD" "$src"
 steps="${*:-ops mmdit bench torch}"
 t0=$(date +%s)
+[ -f "$G/bins.tar.xz" ] && tar -xJf "$G/bins.tar.xz" -C "$G"
 tar -xJf "$G/libs.tar.xz" -C /tmp/sd3q-libs 2>/dev/null
 cub=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && cub="$cub:$d"; done
@@ -81,6 +85,18 @@ for st in $steps; do
                     --no-profile --reps 1 --warmup 1
             done
             cat "$OUT"/ncu-*.log > "$OUT/ncu.txt" 2>/dev/null; rm -f "$OUT"/ncu-*.log ;;
+        ab)  # A/B against another build, alternating twice (each binary writes/reads the same random weights)
+            for k in 1 2; do
+                run "ab-$k-base" 150 "$G/bin/bench-cuda-mmdit-base" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 512,1024 --steps 0 --no-profile
+                run "ab-$k-this" 150 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 512,1024 --steps 0 --no-profile
+            done
+            for f in "$OUT"/ab-*.log; do echo "== $(basename "$f" .log)"; grep -E "^== (512|1024)" "$f"; done > "$OUT/ab.txt"
+            rm -f "$OUT"/ab-*.log ;;
+        clocks)  # what the card runs at during the 1024² step (the datasheet's peak assumes 1830 MHz for bf16)
+            nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 100 > "$OUT/clocks.csv" 2>&1 &
+            smi=$!
+            run clocks-bench 180 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile --reps 300
+            kill $smi 2>/dev/null ;;
         torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
         nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
         lowmem)
@@ -99,4 +115,9 @@ done
 echo "== results"; cat "$OUT"/bench.log "$OUT"/torch.log 2>/dev/null | grep -E "^RESULT|^== |memory end|median" | grep -v attn_variant | head -40
 for f in lowmem resident; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^  step ([2-9]|1[0-9]|2[0-7])/" "$OUT/$f.log" | tail -n 25; }; done
 for f in bench-notune bench-nofuse bench-nolanes; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== (512|1024)" "$OUT/$f.log"; }; done
+[ -f "$OUT/ab.txt" ] && { echo "== ab"; cat "$OUT/ab.txt"; }
+[ -f "$OUT/clocks.csv" ] && { echo "== clocks under load (samples drawing over 250 W): SM clock MHz, power W, clock-event reasons"
+    tail -n +2 "$OUT/clocks.csv" | awk -F', *' '{ split($2, c, " "); split($3, w, " "); if (w[1] + 0 > 250) print c[1], w[1], $4 }' > /tmp/clk.txt
+    for k in 1 2; do sort -n -k$k /tmp/clk.txt | awk -v k=$k '{ a[NR] = $k } END { if (NR) printf "column %d: %d samples, median %s, min %s, max %s\n", k, NR, a[int((NR + 1) / 2)], a[1], a[NR] }'; done
+    awk '{ print $3 }' /tmp/clk.txt | sort | uniq -c; }
 exit 0
