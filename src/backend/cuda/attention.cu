@@ -18,9 +18,10 @@
  * second wgmma kernel that overlaps the softmax of one key tile with the tensor-core products of its neighbours
  * (flash_attn_wgmma_ovl_kernel, variants 7–11), and a third in which two warpgroups take turns on the tensor cores,
  * the K/V stages published by mbarriers instead of a block-wide barrier per key tile (flash_attn_wgmma_pp_kernel,
- * variant 12). The first two also come with TMA loads (variants 13–17, 14 the default): one thread copies each K/V tile
- * through a tensor map per segment (fa_params.kv: [B][n][3·D] bf16, 64-column boxes with the 128-byte swizzle, rows
- * past the segment's end zero-filled) and arms the stage's mbarrier, which everyone waits on before the block barrier.
+ * variant 12). The first two also come with TMA loads (variants 13–18): one thread copies each K/V tile through a
+ * tensor map per segment (fa_params.kv: [B][n][3·D] bf16, 64-column boxes with the 128-byte swizzle, rows past the
+ * segment's end zero-filled) and arms the stage's mbarrier, which everyone waits on before the block barrier. The
+ * default, 18, also keeps Q in registers as the A operand of S = Q·Kᵀ.
  *
  * General path (any head width, e.g. the VAE's 512, or misaligned buffers): per (batch, query segment, chunk of QB
  * query rows): cuBLAS computes the scaled scores of all heads for the chunk against every key segment into f32
@@ -553,6 +554,24 @@ __device__ __forceinline__ void wg_rs_n64(float * d, const uint32_t a[4], uint64
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
+// d[64×64] {=, +=} A[64×16] · B[16×64]: A in registers (the mma.sync A-fragment layout), B K-major in shared memory.
+__device__ __forceinline__ void wg_rsk_n64(float * d, const uint32_t a[4], uint64_t db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+
+// S = Q·Kᵀ as wg_scores with Q from registers (qa: this warp's A fragments of the 4 k16 steps), so that the tensor
+// cores read only K from shared memory: with both operands there, each m64n64k16 step reads 4 KiB in the 32 cycles it
+// takes at the peak rate, all of an SM's 128 bytes per cycle of shared-memory bandwidth.
+template <int BN> __device__ __forceinline__ void wg_scores_rs(float * s, const uint32_t (&qa)[4][4], const bf16 * k) {
+    static_assert(BN == 64, "64-key tiles only");
+    const uint64_t dk = wg_desc(k);
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) wg_rsk_n64(s, qa[ks], dk + 2 * ks, ks > 0);
+}
+
 // S (64 rows × BN keys of this warpgroup) = Q·Kᵀ over the head width (4 k16 steps, 32 bytes apart in a swizzled row).
 template <int BN> __device__ __forceinline__ void wg_scores(float * s, const bf16 * q, const bf16 * k) {
     const uint64_t dq = wg_desc(q), dk = wg_desc(k);
@@ -640,7 +659,9 @@ __device__ __forceinline__ void fa_tma_prologue(const fa_params & p, const fa_qt
 // TMA: the K/V tiles are loaded by one thread through the tensor maps (fa_tma_kv) and published by one mbarrier per
 // stage, instead of cp.async copies issued by every thread (≈ 240 of the ≈ 690 instructions per warp and key tile at
 // 1024², which the softmax's warps then cannot issue).
-template <int WG, int BN, int MINB, bool TMA, int NS>
+// QRS (64-key tiles): Q is loaded once into registers as the A operand of S = Q·Kᵀ (wg_scores_rs) instead of being read
+// from shared memory by every S product.
+template <int WG, int BN, int MINB, bool TMA, int NS, bool QRS = false>
 __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const __grid_constant__ fa_params p) {
 #if defined(SD3Q_WGMMA_DEVICE)
     constexpr int BM = WG * 64, NTHR = WG * 128, NT = BN / 8;
@@ -657,6 +678,11 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
     if (TMA) fa_tma_prologue<BM, BN, NTHR, NS, NS - 1>(p, q, sQ, sK, sV, bar, T, b, h, tid);
     else fa_prologue<BM, BN, NTHR>(p, q, sQ, sK, sV, T, b, h, tid);
     const bf16 * qwg = sQ + wg * 64 * FA_HD;  // this warpgroup's 64 rows (8 KiB: stays 1024-byte aligned)
+    uint32_t qa[QRS ? 4 : 1][4];              // QRS: this warp's 16 Q rows as A fragments, k16 step ks
+    uint32_t sink = 0;
+    if (QRS)
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) ldmatrix_x4(qa[QRS ? ks : 0], sQ + swz(wg * 64 + warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
     float o[8][4], mrow[2], lrow[2];
     fa_wg_acc_init(o, mrow, lrow);
     const float esc = p.bias ? 1.0f : p.sl2;
@@ -682,7 +708,8 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
 
         float s[NT][4];
         wg_fence();
-        wg_scores<BN>(&s[0][0], qwg, ksm);
+        if constexpr (QRS) wg_scores_rs<BN>(&s[0][0], qa, ksm);
+        else wg_scores<BN>(&s[0][0], qwg, ksm);
         wg_commit();
         wg_wait0();
 
@@ -706,8 +733,15 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
         wg_commit();
         wg_wait0();
+        // ptxas (CUDA 13.0) otherwise gives P the registers of qa once the last S wgmma reading them is issued, so every
+        // tile after the first multiplied K by P (test-cuda-ops-gpu caught it); a use of qa after P·V keeps them live
+        // (4 LOP3 per tile; the test at the end never traps: L > 0)
+        if constexpr (QRS)
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) sink ^= qa[ks][0] ^ qa[ks][1] ^ qa[ks][2] ^ qa[ks][3];
     }
     if (!TMA) cp_async_wait<0>();
+    if (QRS && sink == 0x7fc00001u && p.L < 0) __trap();
 
     fa_wg_finish<BM, NTHR>(p, q, sQ, o, lrow, rbase, b, h, tid);
 #else
@@ -1094,6 +1128,9 @@ struct fa_variant {
 // TMA variants: NS mbarriers of 8 bytes after the tiles
 #define FA_WT(G, N, B, NS) \
     {flash_attn_wgmma_kernel<G, N, B, true, NS>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N, NS>() + 8 * (NS), 1, 1}
+// TMA variants with Q in registers (QRS)
+#define FA_WQ(G, N, B, NS) \
+    {flash_attn_wgmma_kernel<G, N, B, true, NS, true>, 4 * (G), 1, N, fa_smem_bytes<4 * (G), 1, N, NS>() + 8 * (NS), 1, 1}
 #define FA_O(G, N, B, OV, T) \
     {flash_attn_wgmma_ovl_kernel<G, N, B, OV, FA_OVL_STAGES, T>, 4 * (G), 1, N,                  \
      fa_smem_bytes<4 * (G), 1, N, FA_OVL_STAGES>() + ((T) ? 8 * FA_OVL_STAGES : 0), 1, T}
@@ -1117,6 +1154,14 @@ struct fa_variant {
 // block barrier in the key loop (each stage freed by an "empty" mbarrier on which every warp arrives, so the
 // warpgroups drift apart): as 17 0.580 ms, with 5 stages 0.574, against 0.562 for 14 in the same run — but the
 // 3-warpgroup 128-key tiling (16) went from 0.703 to 0.587, so the lockstep does cost the wider blocks.
+// Seventh session (H200, attention alone at 1024², docs/PERF.md): Q in registers (18) took 0.557–0.558 ms to 0.544–0.546
+// against 14 in four alternating runs (0.066 against 0.069 ms at 512²), so 18 is the default now. Tried and not kept:
+// the ping-pong kernel with TMA loads (0.737 ms at 128-key tiles; 0.688 / 0.676 at 64-key tiles, 2 blocks per SM,
+// 5 / 4 stages, against 0.560 for 14); a quarter, half or all of the exponentials computed on the FMA pipe with a
+// polynomial (FlashAttention-4's; 0.594, 0.638, 0.775); and, as a bound, no exponential at all (0.516 ms: the MUFU's
+// work costs 8 %). Packed bf16x2 / f16x2 ex2 compile to two MUFU operations on sm_90a (no gain). Time follows the
+// number of half-waves of blocks (0.513 ms at 22 heads, 0.556 at 23 and 24, 0.597 at 25 and 26), so the 24 heads
+// at 1024² lose about 2 % to the last one.
 // $SD3Q_CUDA_FA or backend_cuda_set_attention_variant force one variant for every length.
 static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_V(4, 2, 64, 2, true),    // 0: 128 queries, 4 warps × 32 rows, 64-key tiles
@@ -1142,6 +1187,7 @@ static const fa_variant fa_variants[FA_VARIANTS] = {
     FA_O(2, 128, 1, false, 1),  // 15: as 7
     FA_WT(3, 128, 1, 4),        // 16: as 6, 4 stages
     FA_WT(2, 64, 2, 4),         // 17: as 14, 4 stages
+    FA_WQ(2, 64, 2, 3),         // 18: 14 with Q in registers (QRS): the default on cc 9.0
 };
 
 // Whether variant v can run on this backend's device (the wgmma ones need sm_90a code and a cc 9.0 device).

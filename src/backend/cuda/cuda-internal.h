@@ -31,10 +31,10 @@ typedef __nv_bfloat16 bf16;
 #define STAGE_FLOATS    (4 << 20)   // host↔device staging (16 MiB each side)
 #define GN_PARTIALS     (1 << 18)   // group-norm partial statistics (double pairs)
 #define ARENAS_MAX      32          // live arena allocations tracked for the memory accounting
-#define FA_VARIANTS     18          // flash-attention kernel variants (attention.cu; 3-17 need sm_90a)
+#define FA_VARIANTS     19          // flash-attention kernel variants (attention.cu; 3-18 need sm_90a)
 #define FA_DEFAULT      0           // mma.sync, 128 queries × 64 keys (any cc ≥ 8.0)
-#define FA_DEFAULT_SM90 14          // wgmma + TMA, 128 queries × 64 keys: the automatic choice on cc 9.0 from FA_SPLIT_L tokens on
-#define FA_SHORT_SM90   14          // the same below FA_SPLIT_L tokens (the fastest at every measured length, docs/PERF.md)
+#define FA_DEFAULT_SM90 18          // wgmma, TMA, Q in registers, 128 queries × 64 keys: cc 9.0's choice from FA_SPLIT_L tokens on
+#define FA_SHORT_SM90   18          // the same below FA_SPLIT_L tokens (the fastest at every measured length, docs/PERF.md)
 #define FA_SPLIT_L      BACKEND_CUDA_FA_AUTO_SPLIT  // joint length of the switch (attention.cu, docs/PERF.md)
 
 // A device copy of one weight (bf16), keyed by the `struct wt` pointer and checked against its data pointer/shape.
