@@ -6,14 +6,15 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] [ncu] [notune] [nofuse] [nolanes] [ab] [clocks] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
+# [lowmem] [ncu] [notune] [nofuse] [nolanes] [ab] [clocks] [attn] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
 # to those parts; BENCH_ARGS adds bench-cuda-mmdit options). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps,
 # fp16 T5-XXL, random weights) with the low_memory policy and entirely resident, reporting device memory
 # (bench-pipeline). ncu: Nsight Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper
 # attention kernel at 1024². notune / nofuse / nolanes: the 1024² (and 512²) step with SD3Q_CUDA_NO_TUNE / _NO_FUSE /
 # _NO_LANES set, for an A/B in one call. ab: the 512² and 1024² steps of $G/bin/bench-cuda-mmdit-base (a build of another
 # commit, copied there by hand) and of this build, alternating, twice. clocks: the SM clock, power draw and clock-event
-# reasons (nvidia-smi, every 100 ms) during 300 steps at 1024².
+# reasons (nvidia-smi, every 100 ms) during 300 steps at 1024². attn: bench-cuda-attention with ATTN_ARGS (attention
+# alone for head counts and variants, e.g. ATTN_ARGS="--heads 22,23,24 --variants 14,18").
 # The binaries may also come as $G/bins.tar.xz (bin/ packed with xz: a third of the size), unpacked here first.
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
@@ -97,6 +98,7 @@ for st in $steps; do
             smi=$!
             run clocks-bench 180 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile --reps 300
             kill $smi 2>/dev/null ;;
+        attn) run attn 240 "$G/bin/bench-cuda-attention" ${ATTN_ARGS:-} ;;
         torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
         nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
         lowmem)
@@ -116,6 +118,7 @@ echo "== results"; cat "$OUT"/bench.log "$OUT"/torch.log 2>/dev/null | grep -E "
 for f in lowmem resident; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^  step ([2-9]|1[0-9]|2[0-7])/" "$OUT/$f.log" | tail -n 25; }; done
 for f in bench-notune bench-nofuse bench-nolanes; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== (512|1024)" "$OUT/$f.log"; }; done
 [ -f "$OUT/ab.txt" ] && { echo "== ab"; cat "$OUT/ab.txt"; }
+[ -f "$OUT/attn.log" ] && { echo "== attn"; grep -vE "^RESULT" "$OUT/attn.log"; }
 [ -f "$OUT/clocks.csv" ] && { echo "== clocks under load (samples drawing over 250 W): SM clock MHz, power W, clock-event reasons"
     tail -n +2 "$OUT/clocks.csv" | awk -F', *' '{ split($2, c, " "); split($3, w, " "); if (w[1] + 0 > 250) print c[1], w[1], $4 }' > /tmp/clk.txt
     for k in 1 2; do sort -n -k$k /tmp/clk.txt | awk -v k=$k '{ a[NR] = $k } END { if (NR) printf "column %d: %d samples, median %s, min %s, max %s\n", k, NR, a[int((NR + 1) / 2)], a[1], a[NR] }'; done
