@@ -492,14 +492,19 @@ static void test_layout(void) {
         ref_unpatchify(ref2, tok, B, C, H / p, W / p, p);
         cmp("unpatchify B=2 C=16 3×5 p=2 (exact)", dget(dy, n), ref2, n, 0, 0);
     }
-    {
-        int64_t B = 2, gh = 3, gw = 5, grid = 12, D = 40, n = B * gh * gw * D;
+    // the 8-wide kernel (D = 40, SD3's 1536, and 64 with more rows than its grid's 65,535 along y) and the scalar one
+    const int64_t pe[4][4] = {{2, 3, 5, 40}, {2, 3, 5, 37}, {1, 32, 24, 1536}, {2, 200, 180, 64}};
+    for (int k = 0; k < 4; k++) {
+        int64_t B = pe[k][0], gh = pe[k][1], gw = pe[k][2], D = pe[k][3], grid = k == 3 ? 200 : 40, n = B * gh * gw * D;
         struct wt * pos = mkw(DT_BF16, 1, 3, 1, grid * grid, D, 0, 1.0f, NULL);
         float * tok = hrand(n, 1.0f), * ref = hcopy(tok, n);
         void * dt = dup_(tok, n);
         bk->ops->add_pos_embed(bk, dt, pos, B, gh, gw, grid, D);
         ref_add_pos_embed(ref, pos, B, gh, gw, grid, D);
-        cmp("add_pos_embed 3×5 of a 12×12 table, D=40", dget(dt, n), ref, n, TMAX, TL2);
+        char name[96];
+        snprintf(name, sizeof name, "add_pos_embed B=%lld %lld×%lld of a %lld² table, D=%lld", (long long)B, (long long)gh, (long long)gw,
+                 (long long)grid, (long long)D);
+        cmp(name, dget(dt, n), ref, n, TMAX, TL2);
     }
     {
         int64_t B = 2, C = 3, H = 5, W = 7, n = B * C * H * W;
