@@ -441,6 +441,17 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
         return;
     }
 
+    // Two queues where the backend has them (CUDA): the text stream's ops go to the side queue, beside the image
+    // stream's on the main one (the text stream's 333-token Linears do not fill a GPU, nor does one modulation product of
+    // two rows). The streams share SiLU(c) and the joint attention, which runs on the main queue after a JOIN and
+    // before a FORK; each stream keeps its own buffers (hence the text MLP's hidden in qtxt, dead between the
+    // attention and the next block's q|k|v).
+    const int lanes = o && o->lane;
+#define LANE(op)                      \
+    do {                              \
+        if (lanes) o->lane(bk, (op)); \
+    } while (0)
+
     // conditioning vector and every modulation vector of this step
     o->linear(bk, hb, io->tfreq, B, &m->t1_w, &m->t1_b);
     o->act(bk, hb, hb, B * D, ACT_SILU);
@@ -451,9 +462,12 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
     o->add(bk, cvec, sc, B * D);
     observe(hook, "c", cvec, B, 1, D);
     o->act(bk, sc, cvec, B * D, ACT_SILU);
+    LANE(BACKEND_LANE_FORK);  // the text stream starts from SiLU(c): its modulation vectors beside the image stream's
     for (int i = 0; i < c->depth; i++) {
         o->linear(bk, mods[2 * i], sc, B, &m->blocks[i].img.mod_w, &m->blocks[i].img.mod_b);
+        LANE(BACKEND_LANE_SIDE);
         o->linear(bk, mods[2 * i + 1], sc, B, &m->blocks[i].txt.mod_w, &m->blocks[i].txt.mod_b);
+        LANE(BACKEND_LANE_MAIN);
     }
     o->linear(bk, fmod, sc, B, &m->fmod_w, &m->fmod_b);
 
@@ -462,19 +476,10 @@ void mmdit_forward(const struct mmdit * m, struct backend * bk, struct arena * a
     o->linear(bk, img, cols, B * N, &m->xproj_w, &m->xproj_b);
     o->add_pos_embed(bk, img, &m->pos_embed, B, gh, gw, c->pos_grid, D);
     observe(hook, "x_tokens", img, B, N, D);
+    LANE(BACKEND_LANE_SIDE);
     o->linear(bk, txt, io->context, B * L, &m->ctx_w, &m->ctx_b);
     observe(hook, "ctx_tokens", txt, B, L, D);
-
-    // Two queues where the backend has them (CUDA): the text stream's ops go to the side queue, beside the image
-    // stream's on the main one (the text stream's 333-token Linears do not fill a GPU). The streams share only the
-    // joint attention, which runs on the main queue after a JOIN and before a FORK; each stream keeps its own buffers
-    // (hence the text MLP's hidden in qtxt, dead between the attention and the next block's q|k|v).
-    const int lanes = o && o->lane;
-#define LANE(op)                      \
-    do {                              \
-        if (lanes) o->lane(bk, (op)); \
-    } while (0)
-    LANE(BACKEND_LANE_FORK);  // the text stream starts after the modulation vectors and its embedding
+    LANE(BACKEND_LANE_MAIN);
 
     char nm[64];
     int ln_done[2] = {0, 0};  // stream s's next modulated LN (this block's first, or the final layer's) is already in its h
