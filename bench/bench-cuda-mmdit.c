@@ -10,6 +10,7 @@
  * (key=value) that tools/bench/run_gpu_bench.sh collects next to PyTorch's.
  *
  * Usage: bench-cuda-mmdit [--weights FILE] [--res 512,1024] [--reps 20] [--warmup 3] [--steps 28] [--no-profile]
+ *                         [--step-only]   (the step and the default attention alone: no variant sweep, no Linear table)
  */
 #include <math.h>
 #include <pthread.h>
@@ -221,7 +222,7 @@ static void gemm_table(struct backend * bk, const struct mmdit * m, int64_t N, i
 // See the top of the file.
 int main(int argc, char ** argv) {
     const char * weights = "/tmp/sd3q-bench-sd3m-f16.safetensors";
-    int res[8] = {512, 1024}, nres = 2, reps = 20, warmup = 3, steps = 28, ctx = 333, profile = 1, gen_only = 0;
+    int res[8] = {512, 1024}, nres = 2, reps = 20, warmup = 3, steps = 28, ctx = 333, profile = 1, gen_only = 0, step_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
         else if (!strcmp(argv[i], "--res") && i + 1 < argc) nres = bench_parse_list(argv[++i], res, 8);
@@ -229,10 +230,12 @@ int main(int argc, char ** argv) {
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-profile")) profile = 0;
+        else if (!strcmp(argv[i], "--step-only")) step_only = 1;  // e.g. under a profiler: the steps without the sweeps
         else if (!strcmp(argv[i], "--gen-only")) gen_only = 1;  // write/load the weights and count FLOPs (no GPU needed)
         else {
-            fprintf(stderr, "usage: bench-cuda-mmdit [--weights FILE] [--res 512,1024] [--reps 20] [--warmup 3] [--steps 28] [--no-profile]\n");
-            return 2;
+            fprintf(stderr, "usage: bench-cuda-mmdit [--weights FILE] [--res 512,1024] [--reps 20] [--warmup 3] [--steps 28] [--no-profile] "
+                            "[--step-only]\n");
+            return !strcmp(argv[i], "--help") ? 0 : 2;
         }
     }
     if (reps < 1) reps = 1;
@@ -297,7 +300,8 @@ int main(int argc, char ** argv) {
         int v0 = backend_cuda_set_attention_variant(s->bk, -1);  // BACKEND_CUDA_FA_AUTO unless $SD3Q_CUDA_FA forces one
         int vdef = backend_cuda_attention_variant_for(s->bk, N + ctx), vbest = vdef;  // what the step above ran
         double ams = 1e30;
-        for (int v = 0; v < backend_cuda_attention_variants(); v++) {  // every flash variant alone
+        for (int v = 0; v < backend_cuda_attention_variants(); v++) {  // every flash variant alone (--step-only: the default)
+            if (step_only && v != vdef) continue;
             backend_cuda_set_attention_variant(s->bk, v);
             if (backend_cuda_set_attention_variant(s->bk, -1) != v) continue;  // not available on this device/build
             double t = time_attention(s->bk, N, ctx, reps);
@@ -320,7 +324,7 @@ int main(int argc, char ** argv) {
         printf("   one block's joint attention alone: %.3f ms, %.1f TFLOP/s\n", ams, af / (ams * 1e-3) / 1e12);
         printf("RESULT res=%d step_ms=%.3f best_ms=%.3f tflops=%.1f flops_T=%.4f attn_ms=%.4f attn_tflops=%.1f\n", res[r], ms, best, tf,
                (f.linear + f.attn) / 1e12, ams, af / (ams * 1e-3) / 1e12);
-        if (lat == 128) gemm_table(s->bk, m, N, ctx, reps);
+        if (lat == 128 && !step_only) gemm_table(s->bk, m, N, ctx, reps);
         bench_cuda_mem("after the timed passes", s->bk);
     }
 
