@@ -6,7 +6,7 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] [ncu] [notune] [nofuse] [nolanes] [ab] [clocks] [attn] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
+# [lowmem] [ncu] [ncustep] [notune] [nofuse] [nolanes] [ab] [clocks] [attn] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
 # to those parts; BENCH_ARGS adds bench-cuda-mmdit options). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps,
 # fp16 T5-XXL, random weights) with the low_memory policy and entirely resident, reporting device memory
 # (bench-pipeline). ncu: Nsight Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper
@@ -14,7 +14,8 @@
 # _NO_LANES set, for an A/B in one call. ab: the 512² and 1024² steps of $G/bin/bench-cuda-mmdit-base (a build of another
 # commit, copied there by hand) and of this build, alternating, twice. clocks: the SM clock, power draw and clock-event
 # reasons (nvidia-smi, every 100 ms) during 300 steps at 1024². attn: bench-cuda-attention with ATTN_ARGS (attention
-# alone for head counts and variants, e.g. ATTN_ARGS="--heads 22,23,24 --variants 14,18").
+# alone for head counts and variants, e.g. ATTN_ARGS="--heads 22,23,24 --variants 14,18"). ncustep: every kernel of one
+# 1024² step under Nsight Compute (one at a time, locked clocks), summed by kind (tools/bench/ncu_step.py).
 # The binaries may also come as $G/bins.tar.xz (bin/ packed with xz: a third of the size), unpacked here first.
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
@@ -99,6 +100,12 @@ for st in $steps; do
             run clocks-bench 180 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile --reps 300
             kill $smi 2>/dev/null ;;
         attn) run attn 240 "$G/bin/bench-cuda-attention" ${ATTN_ARGS:-} ;;
+        ncustep)
+            NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
+            run ncustep-run 400 "$NCU" --metrics gpu__time_duration.sum --csv --page raw "$G/bin/bench-cuda-mmdit" \
+                --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile --step-only --reps 1 --warmup 1
+            python3 tools/bench/ncu_step.py "$OUT/ncustep-run.log" > "$OUT/ncustep.txt" 2>&1
+            gzip -f "$OUT/ncustep-run.log" ;;
         torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
         nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
         lowmem)
@@ -119,6 +126,7 @@ for f in lowmem resident; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^
 for f in bench-notune bench-nofuse bench-nolanes; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== (512|1024)" "$OUT/$f.log"; }; done
 [ -f "$OUT/ab.txt" ] && { echo "== ab"; cat "$OUT/ab.txt"; }
 [ -f "$OUT/attn.log" ] && { echo "== attn"; grep -vE "^RESULT" "$OUT/attn.log"; }
+[ -f "$OUT/ncustep.txt" ] && { echo "== ncustep (one 1024² step, kernels one at a time)"; cat "$OUT/ncustep.txt"; }
 [ -f "$OUT/clocks.csv" ] && { echo "== clocks under load (samples drawing over 250 W): SM clock MHz, power W, clock-event reasons"
     tail -n +2 "$OUT/clocks.csv" | awk -F', *' '{ split($2, c, " "); split($3, w, " "); if (w[1] + 0 > 250) print c[1], w[1], $4 }' > /tmp/clk.txt
     for k in 1 2; do sort -n -k$k /tmp/clk.txt | awk -v k=$k '{ a[NR] = $k } END { if (NR) printf "column %d: %d samples, median %s, min %s, max %s\n", k, NR, a[int((NR + 1) / 2)], a[1], a[NR] }'; done
