@@ -1157,7 +1157,9 @@ struct fa_variant {
 // Seventh session (H200, attention alone at 1024², docs/PERF.md): Q in registers (18) took 0.557–0.558 ms to 0.544–0.546
 // against 14 in four alternating runs (0.066 against 0.069 ms at 512²), so 18 is the default now. With Q in registers
 // too, other block shapes stay behind: 4 warpgroups × 64 keys, 1 block per SM, 0.744–0.753 ms (3 or 4 stages), and
-// 1 warpgroup, 3 blocks per SM, 4 stages, 0.618–0.620. Tried and not kept:
+// 1 warpgroup, 3 blocks per SM, 4 stages, 0.618–0.620; and the overlapped kernel (TMA) at 32-key tiles, where its two
+// S sets fit 2 blocks per SM without serialised wgmmas: 0.772 ms with P·V overlapped too, 0.725 without, 0.963 with 3
+// warpgroups at 1 block per SM, against 0.540 for 18 (per-tile costs dominate at 32 keys). Tried and not kept:
 // the ping-pong kernel with TMA loads (0.737 ms at 128-key tiles; 0.688 / 0.676 at 64-key tiles, 2 blocks per SM,
 // 5 / 4 stages, against 0.560 for 14); a quarter, half or all of the exponentials computed on the FMA pipe with a
 // polynomial (FlashAttention-4's; 0.594, 0.638, 0.775); and, as a bound, no exponential at all (0.516 ms: the MUFU's
