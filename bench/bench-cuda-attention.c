@@ -60,7 +60,8 @@ static void fill(float * x, int64_t n) {
 
 // See the top of the file.
 int main(int argc, char ** argv) {
-    int heads[MAXL] = {24}, nh = 1, vars[MAXL] = {BACKEND_CUDA_FA_AUTO}, nv = 1, img = 4096, txt = 333, batch = 2, reps = 20, rounds = 5, warmup = 5;
+    int heads[MAXL] = {24}, nh = 1, vars[MAXL] = {BACKEND_CUDA_FA_AUTO}, nv = 1;
+    int img = 4096, txt = 333, batch = 2, reps = 20, rounds = 5, warmup = 5;
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i], * v = i + 1 < argc ? argv[i + 1] : NULL;
         int one[1];
@@ -98,7 +99,8 @@ int main(int argc, char ** argv) {
     }
     int maxh = 0;
     for (int k = 0; k < nh; k++) maxh = heads[k] > maxh ? heads[k] : maxh;
-    const int64_t L = (int64_t)img + txt, Dmax = (int64_t)maxh * 64, n0 = (int64_t)batch * img * 3 * Dmax, n1 = (int64_t)batch * txt * 3 * Dmax;
+    const int64_t L = (int64_t)img + txt, Dmax = (int64_t)maxh * 64;
+    const int64_t n0 = (int64_t)batch * img * 3 * Dmax, n1 = (int64_t)batch * txt * 3 * Dmax;  // q|k|v values per segment
     if ((double)(n0 + n1) * 2 > 32e9) {
         fprintf(stderr, "bench-cuda-attention: %lld q|k|v values do not fit the 32 GB this bench allows\n", (long long)(n0 + n1));
         return 2;
@@ -160,9 +162,9 @@ int main(int argc, char ** argv) {
         for (int j = 0; j < nv; j++) {
             backend_cuda_set_attention_variant(bk, vars[j]);
             const int used = backend_cuda_attention_variant_for(bk, L);
-            printf("heads %3lld  variant %2d%s  %.4f ms  %6.1f TFLOP/s\nRESULT heads=%lld variant=%d ms=%.4f tflops=%.1f\n", (long long)NH, used,
-                   vars[j] < 0 ? " (auto)" : "       ", best[j] * 1e3, flop / best[j] / 1e12, (long long)NH, used, best[j] * 1e3,
-                   flop / best[j] / 1e12);
+            const double ms = best[j] * 1e3, tf = flop / best[j] / 1e12;
+            printf("heads %3lld  variant %2d%s  %.4f ms  %6.1f TFLOP/s\n", (long long)NH, used, vars[j] < 0 ? " (auto)" : "       ", ms, tf);
+            printf("RESULT heads=%lld variant=%d ms=%.4f tflops=%.1f\n", (long long)NH, used, ms, tf);
         }
     }
     bk->ops->free(bk);
