@@ -546,20 +546,13 @@ __device__ __forceinline__ void wg_ss_n128_z(float * d, uint64_t da, uint64_t db
                  : "l"(da), "l"(db), "r"(0));
 }
 
-// d[64×64] += A[64×16] · B[16×64]: A in registers (the mma.sync A-fragment layout), B N-major in shared memory.
-__device__ __forceinline__ void wg_rs_n64(float * d, const uint32_t a[4], uint64_t db) {
+// d[64×64] {=, +=} A[64×16] · B[16×64]: A in registers (the mma.sync A-fragment layout), B in shared memory N-major
+// (TB = 1: V in P·V) or K-major (TB = 0: K in S = Q·Kᵀ).
+template <int TB> __device__ __forceinline__ void wg_rs_n64(float * d, const uint32_t a[4], uint64_t db, int accumulate = 1) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-// d[64×64] {=, +=} A[64×16] · B[16×64]: A in registers (the mma.sync A-fragment layout), B K-major in shared memory.
-__device__ __forceinline__ void wg_rsk_n64(float * d, const uint32_t a[4], uint64_t db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate), "n"(TB));
 }
 
 // S = Q·Kᵀ as wg_scores with Q from registers (qa: this warp's A fragments of the 4 k16 steps), so that the tensor
@@ -569,7 +562,7 @@ template <int BN> __device__ __forceinline__ void wg_scores_rs(float * s, const 
     static_assert(BN == 64, "64-key tiles only");
     const uint64_t dk = wg_desc(k);
 #pragma unroll
-    for (int ks = 0; ks < 4; ks++) wg_rsk_n64(s, qa[ks], dk + 2 * ks, ks > 0);
+    for (int ks = 0; ks < 4; ks++) wg_rs_n64<0>(s, qa[ks], dk + 2 * ks, ks > 0);
 }
 
 // S (64 rows × BN keys of this warpgroup) = Q·Kᵀ over the head width (4 k16 steps, 32 bytes apart in a swizzled row).
@@ -730,7 +723,7 @@ __global__ void __launch_bounds__(WG * 128, MINB) flash_attn_wgmma_kernel(const 
         const uint64_t dv = wg_desc(vsm);
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
+        for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64<1>(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
         wg_commit();
         wg_wait0();
         // ptxas (CUDA 13.0) otherwise gives P the registers of qa once the last S wgmma reading them is issued, so every
@@ -889,7 +882,7 @@ __device__ __forceinline__ void fa_ovl_tile(const fa_params & p, int t, int T, f
     const uint64_t dv = wg_desc(sV + (t % NS) * BN * FA_HD);
     wg_fence();  // O and pa were written above
 #pragma unroll
-    for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
+    for (int kk = 0; kk < NT / 2; kk++) wg_rs_n64<1>(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
     wg_commit();
 }
 #endif
@@ -1001,7 +994,7 @@ __device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.
 template <int BN> __device__ __forceinline__ void fa_pp_pv(float (&o)[8][4], const uint32_t (&pa)[BN / 16][4], const bf16 * vsm) {
     const uint64_t dv = wg_desc(vsm);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wg_rs_n64(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
+    for (int kk = 0; kk < BN / 16; kk++) wg_rs_n64<1>(&o[0][0], pa[kk], dv + (uint64_t)kk * (2048 >> 4));
     wg_commit();
 }
 

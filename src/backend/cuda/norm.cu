@@ -42,8 +42,7 @@ struct rownorm_args {
     const bf16 * w, * b;        // affine weight/bias (each optional)
     float        eps;
     int          rms;           // 1: RMSNorm (no mean)
-    bf16 *       gx;            // gate_ln_modulate: x (= the x above) gets gate[b, :] ⊙ gy first, in place
-    const bf16 * gy, * gate;
+    const bf16 * gy, * gate;    // gate_ln_modulate: x gets gate[b, :] ⊙ gy first, in place
     int64_t      gs;            // gate row stride
 };
 
@@ -109,7 +108,7 @@ __global__ void __launch_bounds__(NORM_THREADS) rownorm_vec_kernel(rownorm_args 
                     f.y += fg.y * fy.y;
                     h[q] = __floats2bfloat162_rn(f.x, f.y);
                 }
-                *(uint4 *)(a.gx + r * a.D + 8 * k) = xv[j];
+                *(uint4 *)((bf16 *)a.x + r * a.D + 8 * k) = xv[j];  // x is the caller's mutable residual
             }
         }
     }
@@ -187,7 +186,7 @@ __global__ void __launch_bounds__(NORM_THREADS) rownorm_kernel(rownorm_args a) {
 static bool rownorm_vec_ok(const rownorm_args & a) {
     return a.D % 8 == 0 && a.D <= (int64_t)NORM_THREADS * 8 * NORM_VMAX && aligned_to(a.x, 16) && aligned_to(a.y, 16) &&
            (!a.scale || (aligned_to(a.scale, 16) && aligned_to(a.shift, 16) && a.ms % 8 == 0)) && (!a.w || aligned_to(a.w, 16)) &&
-           (!a.b || aligned_to(a.b, 16)) && (!a.gx || (aligned_to(a.gy, 16) && aligned_to(a.gate, 16) && a.gs % 8 == 0));
+           (!a.b || aligned_to(a.b, 16)) && (!a.gy || (aligned_to(a.gy, 16) && aligned_to(a.gate, 16) && a.gs % 8 == 0));
 }
 
 // Launches the vector path for rows × a.D (rownorm_vec_ok): one warp per row up to 2560 columns, else a block.
@@ -218,7 +217,7 @@ static void rownorm(struct cuda_backend * c, const rownorm_args & a, int64_t row
 // LayerNorm (no affine) then ·(1 + scale) + shift per batch element.
 void ln_modulate_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t B, int64_t T, int64_t D, const bf16 * shift,
                       const bf16 * scale, int64_t mod_stride, float eps) {
-    rownorm_args a = {y, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0, NULL, NULL, NULL, 0};
+    rownorm_args a = {y, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0, NULL, NULL, 0};
     rownorm(c, a, B * T);
 }
 
@@ -226,7 +225,7 @@ void ln_modulate_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t
 // two kernels; the same values either way.
 void gate_ln_modulate_cuda(struct cuda_backend * c, bf16 * h, bf16 * x, const bf16 * y, const bf16 * gate, int64_t gate_stride, int64_t B,
                            int64_t T, int64_t D, const bf16 * shift, const bf16 * scale, int64_t mod_stride, float eps) {
-    rownorm_args a = {h, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0, x, y, gate, gate_stride};
+    rownorm_args a = {h, x, D, T > 0 ? T : 1, mod_stride, shift, scale, NULL, NULL, eps, 0, y, gate, gate_stride};
     const int64_t rows = B * T;
     if (c->fuse && gate && rows > 0 && rows <= 0x7fffffff && rownorm_vec_ok(a)) {
         rownorm_vec<true>(c, a, rows);
@@ -239,13 +238,13 @@ void gate_ln_modulate_cuda(struct cuda_backend * c, bf16 * h, bf16 * x, const bf
 // LayerNorm with optional affine weight and bias.
 void layernorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, const bf16 * b,
                     float eps) {
-    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, b, eps, 0, NULL, NULL, NULL, 0};
+    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, b, eps, 0, NULL, NULL, 0};
     rownorm(c, a, rows);
 }
 
 // RMSNorm with weight.
 void rmsnorm_cuda(struct cuda_backend * c, bf16 * y, const bf16 * x, int64_t rows, int64_t D, const bf16 * w, float eps) {
-    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, NULL, eps, 1, NULL, NULL, NULL, 0};
+    rownorm_args a = {y, x, D, 1, 0, NULL, NULL, w, NULL, eps, 1, NULL, NULL, 0};
     rownorm(c, a, rows);
 }
 
