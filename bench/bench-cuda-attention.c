@@ -1,15 +1,15 @@
 /*
  * bench-cuda-attention.c — the CUDA backend's joint attention alone, [B, heads, image + text tokens, 64], for a list
  * of head counts and flash variants: how its time follows the work and the waves of blocks, and which variant wins at
- * a shape, without loading a model. Inputs are fixed pseudo-random bf16 values (the card's clock, and so the time,
- * depends on the data: docs/PERF.md).
+ * a shape, without loading a model. Inputs are fixed pseudo-random bf16 values, uniform in [−s/2, s/2) with s = --scale
+ * (the card's clock, and so the time, depends on the data: docs/PERF.md; the scores' standard deviation is s²/12).
  *
  * Each measurement is the best of --rounds rounds of --reps launches between two syncs (after --warmup launches);
  * variants alternate within a round so that drifting clocks hit them alike. FLOPs: 4·B·heads·64·L² with L the joint
  * length. Prints "RESULT" lines (key=value).
  *
  * Usage: bench-cuda-attention [--heads 24] [--image 4096] [--text 333] [--batch 2] [--variants auto]
- *        [--reps 20] [--rounds 5] [--warmup 5]     (lists: "22,23,24"; variants: "auto" or numbers, e.g. "14,18")
+ *        [--reps 20] [--rounds 5] [--warmup 5] [--scale 1]  (lists: "22,23,24"; variants: "auto" or numbers, e.g. "14,18")
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -22,7 +22,7 @@
 // Prints the usage line to f.
 static void usage(FILE * f) {
     fprintf(f, "usage: bench-cuda-attention [--heads 24] [--image 4096] [--text 333] [--batch 2] [--variants auto] [--reps 20] "
-               "[--rounds 5] [--warmup 5]\n  lists are comma-separated (--heads 22,23,24); --variants: auto or numbers (14,18)\n");
+               "[--rounds 5] [--warmup 5] [--scale 1]\n  lists are comma-separated (--heads 22,23,24); --variants: auto or numbers (14,18)\n");
 }
 
 #ifndef SD3Q_HAVE_CUDA
@@ -49,12 +49,12 @@ static int parse_list(const char * opt, const char * s, int * out, int max) {
     return n;
 }
 
-// Fills n floats with a fixed pseudo-random pattern in [-0.5, 0.5).
-static void fill(float * x, int64_t n) {
+// Fills n floats with a fixed pseudo-random pattern in [-scale/2, scale/2).
+static void fill(float * x, int64_t n, float scale) {
     uint32_t s = 12345u;
     for (int64_t i = 0; i < n; i++) {
         s = s * 1664525u + 1013904223u;
-        x[i] = (float)(s >> 8) / 16777216.0f - 0.5f;
+        x[i] = ((float)(s >> 8) / 16777216.0f - 0.5f) * scale;
     }
 }
 
@@ -62,12 +62,20 @@ static void fill(float * x, int64_t n) {
 int main(int argc, char ** argv) {
     int heads[MAXL] = {24}, nh = 1, vars[MAXL] = {BACKEND_CUDA_FA_AUTO}, nv = 1;
     int img = 4096, txt = 333, batch = 2, reps = 20, rounds = 5, warmup = 5;
+    float scale = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i], * v = i + 1 < argc ? argv[i + 1] : NULL;
         int one[1];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(a, "--scale") && v) {
+            char * end = NULL;
+            scale = strtof(v, &end);
+            if (end == v || *end || !(scale > 0.0f && scale <= 64.0f)) {
+                fprintf(stderr, "bench-cuda-attention: --scale wants a number in (0, 64], got \"%s\"\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--heads") && v) {
             if (!(nh = parse_list(a, v, heads, MAXL))) return 2;
         } else if (!strcmp(a, "--variants") && v) {
@@ -115,7 +123,7 @@ int main(int argc, char ** argv) {
     bk->err = &err;
     char dev[256];
     backend_cuda_device_name(bk, dev, sizeof dev);
-    printf("device %s; [%d, heads, %d + %d, 64]\nRESULT device=\"%s\"\n", dev, batch, img, txt, dev);
+    printf("device %s; [%d, heads, %d + %d, 64], inputs in ±%g\nRESULT device=\"%s\"\n", dev, batch, img, txt, scale / 2, dev);
     // q|k|v of both segments sized for the most heads ([B, n, 3·D]); fewer heads read a prefix of the same buffers as
     // [B, n, 3·heads·64]
     float * h = malloc(sizeof(float) * (size_t)(n0 > n1 ? n0 : n1));
@@ -125,7 +133,7 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "bench-cuda-attention: out of memory: %s\n", err.msg);
         return 1;
     }
-    fill(h, n0 > n1 ? n0 : n1);
+    fill(h, n0 > n1 ? n0 : n1, scale);
     if (bk->ops->upload(bk, q0, h, n0) != SD3Q_OK || bk->ops->upload(bk, q1, h, n1) != SD3Q_OK) {
         fprintf(stderr, "bench-cuda-attention: upload: %s\n", err.msg);
         return 1;

@@ -241,7 +241,9 @@ template <int NT> __device__ __forceinline__ float fa_row_exp(float (&s)[NT][4],
 
 // The online softmax's conditional rescaling (fa_softmax_lazy): a row's stored max moves only when the tile exceeds it
 // by more than this (log2 units).
+#ifndef FA_SLACK
 #define FA_SLACK 8.0f
+#endif
 
 // fa_softmax with conditional rescaling (FlashAttention-4's): the max is raised (and O and the sums rescaled) only when
 // a row of the warp would exceed its stored max by more than FA_SLACK; otherwise the exponents keep the stale max, so

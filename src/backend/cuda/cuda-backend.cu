@@ -645,6 +645,8 @@ extern "C" enum sd3q_status backend_cuda_create(const struct backend_plan * plan
     c->sync_debug = sd && *sd && *sd != '0';
     c->attn_general = getenv("SD3Q_CUDA_ATTN_GENERAL") != NULL;
     c->tune = getenv("SD3Q_CUDA_NO_TUNE") == NULL;
+    const char * lc = getenv("SD3Q_CUDA_LT_CAND");  // a benchmarking knob: out-of-range values keep the default
+    c->lt_cand = lc && atoi(lc) >= 1 && atoi(lc) <= LT_CANDIDATES ? atoi(lc) : LT_CAND_DEFAULT;
     c->dev = pick_device();
     cudaDeviceProp prop;
     if (CU(c, cudaSetDevice(c->dev)) && CU(c, cudaGetDeviceProperties(&prop, c->dev))) {

@@ -27,7 +27,8 @@ typedef __nv_bfloat16 bf16;
 #define CUDA_EVENTS     16
 #define LT_PLANS        128
 #define LT_WORKSPACE    (32u << 20)
-#define LT_CANDIDATES   6           // cuBLASLt algorithms timed per Linear shape at first use
+#define LT_CANDIDATES   16          // room for the cuBLASLt algorithms timed per Linear shape at first use
+#define LT_CAND_DEFAULT 6           // how many of them by default ($SD3Q_CUDA_LT_CAND: 1..LT_CANDIDATES)
 #define STAGE_FLOATS    (4 << 20)   // host↔device staging (16 MiB each side)
 #define GN_PARTIALS     (1 << 18)   // group-norm partial statistics (double pairs)
 #define ARENAS_MAX      32          // live arena allocations tracked for the memory accounting
@@ -112,6 +113,7 @@ struct cuda_backend {
     int lanes_off;   // 1: $SD3Q_CUDA_NO_LANES set (the lane op does nothing: one queue)
     int sync_debug;  // 1: $SD3Q_CUDA_SYNC set (synchronize after every launch)
     int tune;          // 0: $SD3Q_CUDA_NO_TUNE set (take the heuristic's first algorithm untimed)
+    int lt_cand;       // heuristic candidates asked for and timed per Linear shape
     int attn_general;  // 1: $SD3Q_CUDA_ATTN_GENERAL set (every attention on the cuBLAS path, for testing)
     int      fa_variant;   // flash kernel variant (attention.cu) from $SD3Q_CUDA_FA or a set call, else BACKEND_CUDA_FA_AUTO
     unsigned fa_attr_set;  // bit v: variant v's dynamic shared-memory limit has been raised

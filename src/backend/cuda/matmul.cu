@@ -75,7 +75,7 @@ static struct lt_plan * plan_get(struct cuda_backend * c, int64_t M, int64_t N, 
     cublasLtMatmulHeuristicResult_t res[LT_CANDIDATES];
     int nres = 0;
     // "no algorithm" is an answer here, not an error: the caller falls back to cublasGemmEx
-    cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, LT_CANDIDATES, res, &nres);
+    cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, c->lt_cand, res, &nres);
     p->ncand = 0;
     for (int i = 0; hs == CUBLAS_STATUS_SUCCESS && i < nres; i++)
         if (res[i].state == CUBLAS_STATUS_SUCCESS) p->cand[p->ncand++] = res[i].algo;
