@@ -4,6 +4,7 @@
 set -euo pipefail
 B=${1:-build-cuda}
 rm -rf .gpu && mkdir -p .gpu/bin /tmp/sd3q-pack-libs
+[ -f "$B"/bench/libsd3q-cupti-trace.so ] && cp "$B"/bench/libsd3q-cupti-trace.so .gpu/bin/  # run_gpu.sh trace
 cp "$B"/tests/test-cuda-ops-gpu "$B"/tests/test-cuda-mmdit-gpu "$B"/bench/bench-cuda-mmdit "$B"/bench/bench-cuda-attention "$B"/bench/bench-pipeline .gpu/bin/
 mkdir -p .gpu/vocab  # bench-pipeline's tokenizer files (the GPU machine has no ../shared)
 cp ../shared/tokenizers/clip_bpe_simple_vocab_16e6.txt.gz tests/golden/tokenizers/t5_tiny/spiece.model .gpu/vocab/

@@ -6,7 +6,7 @@
 #   cmake -S . -B build-cuda -DSD3Q_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build build-cuda -j
 #   tools/bench/pack_gpu.sh          # → .gpu/bin/* and .gpu/libs.tar.xz (the shared libraries they need)
 # then, on the GPU machine, from the repository root: tools/bench/run_gpu.sh [ops] [mmdit] [bench] [torch] [nocompile]
-# [lowmem] [ncu] [ncustep] [notune] [nofuse] [nolanes] [ab] [clocks] [attn] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
+# [lowmem] [ncu] [ncustep] [notune] [nofuse] [nolanes] [ab] [ltcand] [trace] [script] [clocks] [attn] [bounds] (no argument: the first four; MMDIT_ONLY="sampling pipeline" limits mmdit
 # to those parts; BENCH_ARGS adds bench-cuda-mmdit options). lowmem: one whole SD3-Medium-shaped 1024² image (28 steps,
 # fp16 T5-XXL, random weights) with the low_memory policy and entirely resident, reporting device memory
 # (bench-pipeline). ncu: Nsight Compute's throughput, occupancy and warp-stall sections for one launch of each Hopper
@@ -15,7 +15,11 @@
 # commit, copied there by hand) and of this build, alternating, twice. clocks: the SM clock, power draw and clock-event
 # reasons (nvidia-smi, every 100 ms) during 300 steps at 1024². attn: bench-cuda-attention with ATTN_ARGS (attention
 # alone for head counts and variants, e.g. ATTN_ARGS="--heads 22,23,24 --variants 14,18"). ncustep: every kernel of one
-# 1024² step under Nsight Compute (one at a time, locked clocks), summed by kind (tools/bench/ncu_step.py).
+# 1024² step under Nsight Compute (one at a time, locked clocks), summed by kind (tools/bench/ncu_step.py). ltcand: the
+# steps with 6 and 16 timed cuBLASLt candidates per shape, alternating. trace: kernel timelines of 1024² steps (CUPTI,
+# tools/bench/cupti_trace.c and trace_step.py), with two queues and one. script: bash $SCRIPT (a one-off experiment,
+# carried in $G) with the libraries set up and $G exported. bounds: the
+# step's products and attention through PyTorch's best kernels on this card, summed (tools/bench/torch_bounds.py).
 # The binaries may also come as $G/bins.tar.xz (bin/ packed with xz: a third of the size), unpacked here first.
 set -u
 OUT=${OUT:-/tmp/sd3q-out}
@@ -32,6 +36,7 @@ cub=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && cub="$cub:$d"; done
 pycub=$(python3 -c 'import glob, os, site; print(":".join(sorted({os.path.dirname(p) for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/libcublasLt.so*", recursive=True)})))' 2>/dev/null)
 export LD_LIBRARY_PATH="/tmp/sd3q-libs${cub}${pycub:+:$pycub}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export G OUT
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv
@@ -94,6 +99,25 @@ for st in $steps; do
             done
             for f in "$OUT"/ab-*.log; do echo "== $(basename "$f" .log)"; grep -E "^== (512|1024)" "$f"; done > "$OUT/ab.txt"
             rm -f "$OUT"/ab-*.log ;;
+        trace)  # kernel timelines of 1024² steps as they run (CUPTI through the injection library), with two queues and one
+            for q in lanes nolanes; do
+                [ $q = nolanes ] && export SD3Q_CUDA_NO_LANES=1
+                SD3Q_TRACE="$OUT/trace-$q.csv" CUDA_INJECTION64_PATH="$PWD/$G/bin/libsd3q-cupti-trace.so" run "trace-$q" 200 \
+                    "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 1024 --steps 0 --no-profile --step-only \
+                    --reps 10 --warmup 3
+                unset SD3Q_CUDA_NO_LANES
+                grep -E "^== 1024" "$OUT/trace-$q.log" > "$OUT/trace-$q.txt"; rm -f "$OUT/trace-$q.log"  # $OUT brings back 8 files
+                python3 tools/bench/trace_step.py "$OUT/trace-$q.csv" >> "$OUT/trace-$q.txt" 2>&1
+                gzip -f "$OUT/trace-$q.csv"
+            done ;;
+        script) run script 560 bash "$SCRIPT" ;;  # a one-off experiment (SCRIPT: a file carried in $G) with this environment
+        ltcand)  # the Linear's algorithm chosen among 6 (default) or 16 timed cuBLASLt candidates, alternating twice
+            for k in 1 2; do
+                run "lt-$k-6" 150 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 512,1024 --steps 0 --no-profile
+                SD3Q_CUDA_LT_CAND=16 run "lt-$k-16" 150 "$G/bin/bench-cuda-mmdit" --weights /tmp/sd3q-bench-sd3m-f16.safetensors --res 512,1024 --steps 0 --no-profile
+            done
+            for f in "$OUT"/lt-*.log; do echo "== $(basename "$f" .log)"; grep -E "^== (512|1024)|RESULT gemm" "$f"; done > "$OUT/ltcand.txt"
+            rm -f "$OUT"/lt-*.log ;;
         clocks)  # what the card runs at during the 1024² step (the datasheet's peak assumes 1830 MHz for bf16)
             nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 100 > "$OUT/clocks.csv" 2>&1 &
             smi=$!
@@ -107,6 +131,7 @@ for st in $steps; do
             python3 tools/bench/ncu_step.py "$OUT/ncustep-run.log" > "$OUT/ncustep.txt" 2>&1
             gzip -f "$OUT/ncustep-run.log" ;;
         torch) run torch 420 python3 tools/bench/torch_mmdit.py ;;
+        bounds) run bounds 300 python3 tools/bench/torch_bounds.py ${BOUNDS_ARGS:-} ;;  # the best library kernels' sum
         nocompile) run torch 200 python3 tools/bench/torch_mmdit.py --no-compile ;;
         lowmem)
             run lowmem 300 "$G/bin/bench-pipeline" --device cuda --low-memory --steps 28 --res 1024 --vocab-dir "$G/vocab"
@@ -125,7 +150,11 @@ echo "== results"; cat "$OUT"/bench.log "$OUT"/torch.log 2>/dev/null | grep -E "
 for f in lowmem resident; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -vE "^  step ([2-9]|1[0-9]|2[0-7])/" "$OUT/$f.log" | tail -n 25; }; done
 for f in bench-notune bench-nofuse bench-nolanes; do [ -f "$OUT/$f.log" ] && { echo "== $f"; grep -E "^== (512|1024)" "$OUT/$f.log"; }; done
 [ -f "$OUT/ab.txt" ] && { echo "== ab"; cat "$OUT/ab.txt"; }
+[ -f "$OUT/ltcand.txt" ] && { echo "== ltcand"; cat "$OUT/ltcand.txt"; }
+[ -f "$OUT/script.log" ] && { echo "== script"; grep -vE "^RESULT" "$OUT/script.log" | tail -n 80; }
+for q in lanes nolanes; do [ -f "$OUT/trace-$q.txt" ] && { echo "== trace ($q)"; cat "$OUT/trace-$q.txt"; }; done
 [ -f "$OUT/attn.log" ] && { echo "== attn"; grep -vE "^RESULT" "$OUT/attn.log"; }
+[ -f "$OUT/bounds.log" ] && { echo "== bounds"; grep -vE "^RESULT" "$OUT/bounds.log"; }
 [ -f "$OUT/ncustep.txt" ] && { echo "== ncustep (one 1024² step, kernels one at a time)"; cat "$OUT/ncustep.txt"; }
 [ -f "$OUT/clocks.csv" ] && { echo "== clocks under load (samples drawing over 250 W): SM clock MHz, power W, clock-event reasons"
     tail -n +2 "$OUT/clocks.csv" | awk -F', *' '{ split($2, c, " "); split($3, w, " "); if (w[1] + 0 > 250) print c[1], w[1], $4 }' > /tmp/clk.txt
