@@ -72,7 +72,10 @@ def main():
     steps.append(cur)
     counts = collections.Counter(len(s) for s in steps if len(s) >= 50)  # set-up (weight conversion) makes short ones
     n_mode = counts.most_common(1)[0][0]
-    full = [s for s in steps if len(s) == n_mode]
+    full = []
+    for s in steps:  # steps that ran back to back without an idle gap come as one segment: cut it by count
+        if len(s) >= n_mode and len(s) % n_mode == 0:
+            full += [s[i:i + n_mode] for i in range(0, len(s), n_mode)]
     walls = [(max(k[1] for k in s) - s[0][0]) / 1e6 for s in full]
     med = sorted(range(len(full)), key=lambda i: walls[i])[len(full) // 2]
     s = full[med]
