@@ -366,7 +366,7 @@ int main(int argc, char ** argv) {
             time_forward(s, m, 128, ctx, 0, 1, &best);
             char prof[4096];
             sd3q_session_profile(s, 1, prof, sizeof prof);
-            printf("\n== per-op profile, one 1024² CFG step, ops synchronised one by one (GELU and the gate + LN pairs run unfused here)\n%s", prof);
+            printf("\n== per-op profile, one 1024² CFG step, ops synchronised one by one (so GELU runs unfused here)\n%s", prof);
             sd3q_session_free(s);
         }
     }

@@ -6,7 +6,8 @@
  *   2. Euler sampling with CFG on a tiny MMDiT: final latents GPU vs CPU (PSNR);
  *   3. the tiny pipeline (tests/golden/pipeline/: CLIP-L, CLIP-G, T5, MMDiT, VAE): prompt → image on the GPU vs the
  *      CPU (PSNR ≥ 35 dB) and vs the fixture's image; sd3q_session_generate with low_memory leaves no weight copy on
- *      the device and gives the image of a resident session.
+ *      the device and gives the image of a resident session; a profiled session (every op timed) gives it too, and its
+ *      table shows the fused gate + LN op.
  *
  * Error measure (the issue's "relative error per output"): e_i = |gpu_i − ref_i| / max_j |ref_j|; the bounds are
  * max_i e_i ≤ 1e-2 and mean_i e_i ≤ 3e-3. PSNR = 10·log10(range² / MSE) with range = max(ref) − min(ref).
@@ -275,11 +276,12 @@ static float * pipeline_image(const struct sd3q_model * m, enum sd3q_device dev,
 }
 
 // sd3q_session_generate on the GPU with sessions of residency policy low_memory; returns the image or NULL, and the
-// bytes of weight copies the backend holds afterwards in *weights_after.
-static float * generate_image(const struct sd3q_model * m, int low_memory, const float * noise, int lat, const char * prompt,
-                              const char * negative, size_t * weights_after) {
+// bytes of weight copies the backend holds afterwards in *weights_after. profile: the session times every op (a
+// wrapped backend), and its table must show the fused gate + LN op that the CUDA backend offers.
+static float * generate_image(const struct sd3q_model * m, int low_memory, int profile, const float * noise, int lat,
+                              const char * prompt, const char * negative, size_t * weights_after) {
     struct sd3q_session_params sp = sd3q_session_default_params();
-    sp.device = SD3Q_DEVICE_CUDA, sp.low_memory = low_memory, sp.n_threads = 4;
+    sp.device = SD3Q_DEVICE_CUDA, sp.low_memory = low_memory, sp.profile = profile, sp.n_threads = 4;
     sp.max_batch = 2, sp.max_latent_h = lat, sp.max_latent_w = lat, sp.max_context = sd3q_model_context_len(m, 77);
     struct sd3q_session * s = NULL;
     char err[1024];
@@ -294,7 +296,13 @@ static float * generate_image(const struct sd3q_model * m, int low_memory, const
     enum sd3q_status st = img ? sd3q_session_generate(s, &gp, img, NULL, NULL) : SD3Q_ERR_OOM;
     CHECKF(st == SD3Q_OK, "generate (low_memory %d): %s", low_memory, sd3q_session_last_error(s));
     struct cuda_mem_info mi = {0};
-    SD3Q_ASSERT(backend_cuda_mem_info(s->bk, &mi) == 0);
+    if (profile) {  // the session's backend is the profiling wrapper
+        char prof[2048];
+        sd3q_session_profile(s, 1, prof, sizeof prof);
+        CHECKF(strstr(prof, "linear") && strstr(prof, "attention") && strstr(prof, "gate_ln_modulate"), "profile table:\n%s", prof);
+    } else {
+        SD3Q_ASSERT(backend_cuda_mem_info(s->bk, &mi) == 0);
+    }
     *weights_after = mi.weights_now;
     sd3q_session_free(s);
     if (st != SD3Q_OK) {
@@ -335,8 +343,8 @@ static void pipeline(void) {
     }
     // residency: a low_memory session ends generate holding no weights, a resident one holds them all
     size_t w_low = 1, w_res = 0;
-    float * low = generate_image(m, 1, noise, (int)ns[2], prompt, negative, &w_low);
-    float * res = generate_image(m, 0, noise, (int)ns[2], prompt, negative, &w_res);
+    float * low = generate_image(m, 1, 0, noise, (int)ns[2], prompt, negative, &w_low);
+    float * res = generate_image(m, 0, 0, noise, (int)ns[2], prompt, negative, &w_res);
     if (low && res) {
         double p = psnr(low, res, n);
         printf("  generate low_memory vs resident: PSNR %.1f dB; weight copies held afterwards %zu vs %zu bytes\n", p, w_low, w_res);
@@ -344,6 +352,15 @@ static void pipeline(void) {
         CHECKF(w_res > 0, "resident session holds no weight copies");
         CHECKF(p >= PSNR_MIN, "low_memory image PSNR %.1f dB", p);
     }
+    // per-op profiling: the same image (its Linears run without the fused GELU epilogue: bf16 rounding differs)
+    size_t w_prof = 0;
+    float * prof = generate_image(m, 0, 1, noise, (int)ns[2], prompt, negative, &w_prof);
+    if (prof && res) {
+        double p = psnr(prof, res, n);
+        printf("  generate profiled vs resident: PSNR %.1f dB\n", p);
+        CHECKF(p >= PSNR_MIN, "profiled image PSNR %.1f dB", p);
+    }
+    free(prof);
     free(low);
     free(res);
     free(cpu);

@@ -8,14 +8,15 @@
 #include <stdlib.h>
 #include <time.h>
 
-enum { P_LINEAR, P_LN, P_RMS, P_ATTN, P_GELU, P_SILU, P_GATE, P_ADD, P_LAYOUT, P_ACT, P_NORM, P_CONV, P_GN, P_COUNT };
+enum { P_LINEAR, P_LN, P_RMS, P_ATTN, P_GELU, P_SILU, P_GATE, P_GATE_LN, P_ADD, P_LAYOUT, P_ACT, P_NORM, P_CONV, P_GN, P_COUNT };
 static const char * const p_names[P_COUNT] = {"linear", "ln_modulate", "rmsnorm_heads", "attention", "gelu_tanh",
-                                              "silu", "gate_residual", "add", "layout", "act", "layer/rms norm",
-                                              "conv2d", "group_norm"};
+                                              "silu", "gate_residual", "gate_ln_modulate", "add", "layout", "act",
+                                              "layer/rms norm", "conv2d", "group_norm"};
 
 struct prof_backend {
-    struct backend   base;
-    struct backend * in;
+    struct backend     base;
+    struct backend_ops ops;  // prof_ops, plus the optional fused ops that the inner backend has
+    struct backend *   in;
     double           sec[P_COUNT];
     int64_t          calls[P_COUNT];
     double           flops[P_COUNT];
@@ -99,6 +100,12 @@ static void w_gate(struct backend * b, void * x, const void * y, const void * g,
     p->in->ops->gate_residual(p->in, x, y, g, B, T, D, ms);
     WRAP_END(P_GATE, 0)
 }
+static void w_gate_ln(struct backend * b, void * h, void * x, const void * y, const void * g, int64_t gs, int64_t B, int64_t T,
+                      int64_t D, const void * sh, const void * sc, int64_t ms, float eps) {
+    WRAP_BEGIN(b)
+    p->in->ops->gate_ln_modulate(p->in, h, x, y, g, gs, B, T, D, sh, sc, ms, eps);
+    WRAP_END(P_GATE_LN, 0)
+}
 static void w_add(struct backend * b, void * y, const void * x, int64_t n) {
     WRAP_BEGIN(b)
     p->in->ops->add(p->in, y, x, n);
@@ -180,14 +187,19 @@ static const struct backend_ops prof_ops = {
 struct backend * backend_profile_wrap(struct backend * inner) {
     struct prof_backend * p = calloc(1, sizeof(*p));
     if (!p) return NULL;
-    p->base.ops = &prof_ops;
+    p->ops = prof_ops;  // the fused gate + LN only where the inner backend fuses it, so the caller's choice is the same
+    p->ops.gate_ln_modulate = inner->ops->gate_ln_modulate ? w_gate_ln : NULL;
+    p->base.ops = &p->ops;
     p->base.err = inner->err;
     p->in       = inner;
     return &p->base;
 }
 
+// Whether b is a profiling wrapper (its ops table lives inside it).
+static int is_prof(const struct backend * b) { return b->ops->free == w_free; }
+
 void backend_profile_report(struct backend * b, FILE * f) {
-    if (b->ops != &prof_ops) return;
+    if (!is_prof(b)) return;
     struct prof_backend * p = pb(b);
     double total = 0;
     for (int k = 0; k < P_COUNT; k++) total += p->sec[k];
@@ -202,7 +214,7 @@ void backend_profile_report(struct backend * b, FILE * f) {
 }
 
 void backend_profile_reset(struct backend * b) {
-    if (b->ops != &prof_ops) return;
+    if (!is_prof(b)) return;
     struct prof_backend * p = pb(b);
     for (int k = 0; k < P_COUNT; k++) p->sec[k] = p->flops[k] = 0, p->calls[k] = 0;
 }
