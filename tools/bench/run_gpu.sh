@@ -25,12 +25,12 @@ set -u
 OUT=${OUT:-/tmp/sd3q-out}
 G=${G:-.gpu}
 mkdir -p "$OUT" /tmp/sd3q-libs
+[ -f "$G/bins.tar.xz" ] && tar -xJf "$G/bins.tar.xz" -C "$G"  # first: the line below reads a binary
 # the tests find their fixtures under the source folder compiled into them; elsewhere, point that path here
-src=$(grep -a -o -m1 "/[[:alnum:]/._-]*/tests/golden/mmdit" "$G/bin/test-cuda-mmdit-gpu" | head -n1 | sed "s,/tests/golden/mmdit$,,")
+src=$(grep -a -o -m1 "/[[:alnum:]/._-]*/tests/golden/mmdit" "$G/bin/test-cuda-mmdit-gpu" 2>/dev/null | head -n1 | sed "s,/tests/golden/mmdit$,,")
 [ -n "$src" ] && [ ! -e "$src/tests/golden" ] && mkdir -p "$(dirname "$src")" && ln -sfn "$PWD" "$src"
 steps="${*:-ops mmdit bench torch}"
 t0=$(date +%s)
-[ -f "$G/bins.tar.xz" ] && tar -xJf "$G/bins.tar.xz" -C "$G"
 tar -xJf "$G/libs.tar.xz" -C /tmp/sd3q-libs 2>/dev/null
 cub=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && cub="$cub:$d"; done
