@@ -105,6 +105,7 @@ static void run(const char * model_path, const struct st_file * io, const cJSON 
         CHECK(st != SD3Q_OK || memcmp(lat, lat2, sizeof(float) * 16 * (size_t)(H / 8) * (W / 8)) == 0);
         sd3q_session_free(s2);
     }
+    free(lat2);
     // per-op profiling (a wrapped backend) changes no result, and its table names the ops that ran
     sp.low_memory = 0, sp.profile = 1;
     lat2 = malloc(sizeof(float) * 16 * (size_t)(H / 8) * (W / 8));
