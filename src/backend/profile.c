@@ -17,9 +17,9 @@ struct prof_backend {
     struct backend     base;
     struct backend_ops ops;  // prof_ops, plus the optional fused ops that the inner backend has
     struct backend *   in;
-    double           sec[P_COUNT];
-    int64_t          calls[P_COUNT];
-    double           flops[P_COUNT];
+    double             sec[P_COUNT];
+    int64_t            calls[P_COUNT];
+    double             flops[P_COUNT];
 };
 
 static double now(void) {
