@@ -16,24 +16,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_mmdit import CIN, CTX, CTX_DIM, D, DEPTH, HD, HEADS, MLP, PATCH, flops
+from torch_mmdit import CIN, CTX, CTX_DIM, D, DEPTH, HD, HEADS, MLP, PATCH, flops, timeit
 
 PEAK = 989.0  # dense bf16 TFLOP/s of an H100/H200 SXM datasheet (at 1830 MHz)
-
-
-def bench(fn, warmup, reps):
-    """Median and best of reps CUDA-event timings of fn, in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for a, b in ev:
-        a.record()
-        fn()
-        b.record()
-    torch.cuda.synchronize()
-    ts = sorted(a.elapsed_time(b) for a, b in ev)
-    return ts[len(ts) // 2], ts[0]
 
 
 def bench_graph(fn, inner, warmup, reps):
@@ -52,8 +37,8 @@ def bench_graph(fn, inner, warmup, reps):
                 fn()
     except RuntimeError:
         torch.cuda.synchronize()
-        return bench(fn, warmup, reps)
-    med, best = bench(g.replay, warmup, reps)
+        return timeit(fn, warmup, reps)
+    med, best = timeit(g.replay, warmup, reps)
     return med / inner, best / inner
 
 
@@ -83,7 +68,7 @@ def main():
                 "cudnn": SDPBackend.CUDNN_ATTENTION}
     with torch.inference_mode():
         big = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-        pmed, pbest = bench(lambda: big @ big, 3, 10)
+        pmed, pbest = timeit(lambda: big @ big, 3, 10)
         print(f"8192³ matmul: {pmed:.3f} ms, {2 * 8192 ** 3 / pmed / 1e9:.0f} TFLOP/s (best {2 * 8192 ** 3 / pbest / 1e9:.0f})")
         print(f"RESULT bound_peak_matmul_tflops={2 * 8192 ** 3 / pmed / 1e9:.1f}")
         del big
